@@ -1,0 +1,245 @@
+"""The settings model: frozen sections, each field with its parser and embedded default.
+
+Each field's `metadata["parse"]` turns a raw value (a TOML value or an environment string)
+into the typed value or raises `ValueError` with a human reason; `SettingsError` then names
+the key. Keys in `LIVE_KEYS` are applied on SIGHUP without a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(Exception):
+    """A settings value is missing, of the wrong type or out of range."""
+
+    def __init__(self, key: str, reason: str, *, source: str = "") -> None:
+        self.key = key
+        self.reason = reason
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid setting {key}{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP listen address; port 0 picks a free port. `fd://N` is an inherited socket."""
+
+    host: str
+    port: int
+    fd: int | None = None
+
+    def __str__(self) -> str:
+        if self.fd is not None:
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_address(raw: Any) -> Address:
+    if not isinstance(raw, str):
+        raise ValueError("expected a string HOST:PORT")
+    text = raw.strip()
+    if text.startswith("fd://"):
+        number = text[5:]
+        if not number.isdigit():
+            raise ValueError(f"expected fd://N, got {raw!r}")
+        return Address("", 0, fd=int(number))
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {raw!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port!r}")
+    return Address(host, int(port))
+
+
+def parse_str(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {type(raw).__name__}")
+    return raw
+
+
+def parse_path(raw: Any) -> Path | None:
+    text = parse_str(raw)
+    return Path(text).expanduser() if text else None
+
+
+def parse_int(low: int, high: int):
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError("expected an integer, got a boolean")
+        if isinstance(raw, str):
+            try:
+                raw = int(raw.strip())
+            except ValueError:
+                raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not isinstance(raw, int):
+            raise ValueError(f"expected an integer, got {type(raw).__name__}")
+        if not low <= raw <= high:
+            raise ValueError(f"must be between {low} and {high}, got {raw}")
+        return raw
+
+    return parse
+
+
+def parse_float(low: float, high: float):
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number, got a boolean")
+        if isinstance(raw, str):
+            try:
+                raw = float(raw.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {raw!r}") from None
+        if not isinstance(raw, int | float) or not math.isfinite(raw):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+        if not low <= raw <= high:
+            raise ValueError(f"must be between {low} and {high}, got {raw}")
+        return float(raw)
+
+    return parse
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(raw, str) and raw.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def parse_choice(*choices: str):
+    def parse(raw: Any) -> str:
+        text = parse_str(raw).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return text
+
+    return parse
+
+
+def parse_labels(raw: Any) -> dict[str, str]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON object of strings: {exc.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("expected a table of label = value strings")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError("labels must map strings to strings")
+        if not key or len(key) > 63 or len(value) > 255:
+            raise ValueError(f"label {key!r} is empty or too long")
+    return dict(raw)
+
+
+def setting(default: Any, parse, doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    name: str = setting("", parse_str, "Device name; the hostname when empty.")
+    labels: dict[str, str] = field(
+        default_factory=dict, metadata={"parse": parse_labels, "doc": "Device labels."}
+    )
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    dir: Path | None = setting(
+        None, parse_path, "Data directory; $STATE_DIRECTORY or ~/.local/state/appliance."
+    )
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: Address = setting(Address("127.0.0.1", 8080), parse_address, "HTTP listen address.")
+    tls_cert: Path | None = setting(None, parse_path, "PEM certificate; enables TLS.")
+    tls_key: Path | None = setting(None, parse_path, "PEM private key for tls_cert.")
+    max_body_bytes: int = setting(1 << 20, parse_int(1024, 1 << 30), "Largest request body.")
+    graceful_timeout_s: float = setting(
+        10.0, parse_float(0.0, 300.0), "Grace for in-flight requests on stop."
+    )
+    session_ttl_s: int = setting(8 * 3600, parse_int(60, 30 * 86400), "Web session lifetime.")
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    tcp: Address = setting(Address("127.0.0.1", 7420), parse_address, "Bus TCP listen address.")
+    unix: Path | None = setting(None, parse_path, "Bus Unix socket; DATA_DIR/run/bus.sock.")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = setting(
+        "info", parse_choice("debug", "info", "warning", "error"), "Log level (live)."
+    )
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    rate: float = setting(50.0, parse_float(0.01, 1e6), "Requests per second per principal (live).")
+    burst: int = setting(100, parse_int(1, 1_000_000), "Bucket size per principal (live).")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    map_size_mb: int = setting(64, parse_int(1, 1 << 20), "Initial LMDB map size.")
+    max_map_size_mb: int = setting(8192, parse_int(1, 1 << 22), "Largest the map may grow.")
+
+
+@dataclass(frozen=True)
+class SystemdSettings:
+    watchdog: bool = setting(True, parse_bool, "Send WATCHDOG=1 when systemd asks for it.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: DeviceSettings = field(default_factory=DeviceSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    systemd: SystemdSettings = field(default_factory=SystemdSettings)
+    # Where the values came from, for messages and for SIGHUP re-reads.
+    config_file: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.data.dir is not None, "load_settings always resolves the data dir"
+        return self.data.dir
+
+    @property
+    def bus_unix_path(self) -> Path:
+        return self.bus.unix or self.data_dir / "run" / "bus.sock"
+
+
+SECTIONS: dict[str, type] = {
+    "device": DeviceSettings,
+    "data": DataSettings,
+    "http": HttpSettings,
+    "bus": BusSettings,
+    "log": LogSettings,
+    "ratelimit": RateLimitSettings,
+    "store": StoreSettings,
+    "systemd": SystemdSettings,
+}
+
+LIVE_KEYS = frozenset({"log.level", "ratelimit.rate", "ratelimit.burst"})
+
+
+def section_fields(section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
