@@ -1,0 +1,87 @@
+"""The quart-trio application: blueprints, the guard, errors, headers, metrics and audit."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from appliance.api.context import ApiContext
+from appliance.api.guard import MUTATING, identify
+from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
+from appliance.api.routes import admin, auth, system
+from appliance.api.security import HSTS, SECURITY_HEADERS
+
+log = logging.getLogger(__name__)
+
+
+def create_app(ctx: ApiContext) -> QuartTrio:
+    app = QuartTrio("appliance")
+    settings = ctx.settings()
+    app.config.update(
+        APPLIANCE=ctx,
+        MAX_CONTENT_LENGTH=settings.http.max_body_bytes,
+        BODY_TIMEOUT=30,
+        RESPONSE_TIMEOUT=None,
+        JSON_SORT_KEYS=False,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    app.json.sort_keys = False
+    for module in (system, auth, admin):
+        app.register_blueprint(module.blueprint)
+
+    @app.before_request
+    async def before() -> None:
+        g.started = time.perf_counter()
+        g.principal = None
+        g.auth_error = None
+        await identify()
+
+    @app.errorhandler(Exception)
+    async def on_error(exc: Exception) -> Response:
+        problem = problem_for_exception(exc)
+        if problem.status >= 500 and not isinstance(exc, Problem | HTTPException):
+            log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+        response = Response(problem.render(request.path), status=problem.status,
+                            content_type=CONTENT_TYPE)
+        response.headers.update(problem.headers)
+        return response
+
+    @app.after_request
+    async def after(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        if request.scheme == "https":
+            response.headers[HSTS[0]] = HSTS[1]
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        ctx.metrics.requests.labels(request.method, route, f"{response.status_code // 100}xx").inc()
+        if "started" in g:
+            ctx.metrics.latency.labels(route).observe(time.perf_counter() - g.started)
+        if request.method in MUTATING or response.status_code in (401, 403):
+            await _audit(ctx, route, response)
+        return response
+
+    return app
+
+
+async def _audit(ctx: ApiContext, route: str, response: Response) -> None:
+    principal = g.get("principal")
+    error = g.get("auth_error")
+    action = f"{request.method} {route}"
+    detail = {"path": request.path[:256]}
+    if error is not None and response.status_code == 401:
+        detail["reason"] = str(error)
+    try:
+        await ctx.audit.append(
+            principal.label if principal else "anonymous",
+            action,
+            g.get("audit_target", request.path[:256]),
+            str(response.status_code),
+            remote=request.remote_addr or "",
+            detail=detail,
+        )
+    except Exception:
+        # The change itself is already durable; losing its audit line is logged loudly.
+        log.exception("could not append to the audit log for %s", action)

@@ -1,0 +1,235 @@
+"""`appliance run`: the root nursery, ordered start, signals, graceful stop.
+
+The tree (see docs/architecture.md):
+
+    root nursery
+    ├── store writer            (group commit; started first, stopped last)
+    ├── watchdog                (WATCHDOG=1 while the loop and the store are healthy)
+    ├── signal handler          (SIGTERM/SIGINT: stop; SIGHUP: reload)
+    └── http server (hypercorn) (started last; READY=1 once it listens)
+
+Each service is started with `nursery.start`, so the next one starts only when the last is
+really ready. A service that fails takes the nursery down: the error is logged with its
+traceback and the process exits 1, for systemd to restart it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from appliance import __version__
+from appliance.api import ApiContext, Metrics, create_app, serve_http
+from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
+from appliance.runtime.endpoints import http_url, write_endpoints
+from appliance.runtime.health import ComponentHealth, Health
+from appliance.runtime.lock import InstanceLock
+from appliance.runtime.logs import set_level
+from appliance.runtime.sdnotify import Notifier, watchdog_interval_s
+from appliance.settings import Settings, SettingsError, SettingsSources, live_changes
+from appliance.settings import load_settings as load
+from appliance.store import Store
+
+log = logging.getLogger("appliance")
+MiB = 1 << 20
+
+
+@dataclass
+class Runtime:
+    """The state `appliance run` owns for its lifetime (not handed to services)."""
+
+    settings: Settings
+    sources: SettingsSources
+    notifier: Notifier
+    health: Health = field(default_factory=lambda: Health(__version__))
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+    limiter: RateLimiter | None = None
+
+
+def run(settings: Settings, sources: SettingsSources) -> int:
+    """Run the service until it is told to stop; return the process exit code."""
+    data_dir = settings.data_dir
+    lock = InstanceLock(data_dir / "run" / "appliance.lock")
+    lock.acquire()  # AlreadyRunning propagates to the CLI
+    try:
+        runtime = Runtime(settings, sources, Notifier())
+        trio.run(_main, runtime)
+        return 0
+    finally:
+        lock.release()
+
+
+async def _main(rt: Runtime) -> None:
+    settings = rt.settings
+    _check_tls(settings)
+    rt.notifier.notify(STATUS="opening the store")
+    store = Store.open(
+        settings.data_dir / "store",
+        map_size=settings.store.map_size_mb * MiB,
+        max_map_size=settings.store.max_map_size_mb * MiB,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await _start_services(rt, store, nursery)
+    finally:
+        store.close()
+        rt.notifier.close()
+    log.info("stopped")
+
+
+async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> None:
+    settings = rt.settings
+    await nursery.start(store.serve)
+    rt.health.probe("store", lambda: _store_health(store))
+
+    tokens = TokenStore(store)
+    token_file = settings.data_dir / "admin.token"
+    if tokens.bootstrap_admin(token_file):
+        log.info("first start: the admin token was written to %s", token_file)
+
+    rt.limiter = RateLimiter(settings.ratelimit.rate, settings.ratelimit.burst)
+    metrics = Metrics()
+    metrics.gauges(lambda: _store_gauges(store))
+    ctx = ApiContext(
+        settings=lambda: rt.settings,
+        store=store,
+        tokens=tokens,
+        sessions=SessionStore(store, tokens, settings.http.session_ttl_s),
+        audit=AuditLog(store),
+        limiter=rt.limiter,
+        health=rt.health,
+        metrics=metrics,
+    )
+
+    interval = watchdog_interval_s(os.environ, os.getpid())
+    if interval is not None and settings.systemd.watchdog:
+        await nursery.start(_watchdog, rt, store, interval)
+    await nursery.start(_handle_signals, rt)
+
+    rt.notifier.notify(STATUS="starting the HTTP server")
+    http_done = trio.Event()
+    binds = await nursery.start(_run_http, create_app(ctx), rt, http_done)
+    rt.health.set("http", "ok", ", ".join(binds))
+
+    endpoints = {"http": http_url(binds[0])}
+    write_endpoints(settings.data_dir / "run" / "endpoints.json", endpoints)
+    rt.health.phase = "ok"
+    log.info("ready: http %s, data in %s", endpoints["http"], settings.data_dir)
+    rt.notifier.notify(READY=1, STATUS=f"serving HTTP on {endpoints['http']}")
+
+    await rt.stop_requested.wait()
+    rt.health.phase = "stopping"
+    rt.notifier.notify(STOPPING=1, STATUS="stopping: draining HTTP requests")
+    log.info("stopping: draining in-flight HTTP requests (up to %.0f s)",
+             settings.http.graceful_timeout_s)
+    await http_done.wait()
+    nursery.cancel_scope.cancel()  # the writer finishes the batch it has, then stops
+
+
+async def _run_http(app, rt: Runtime, done: trio.Event, *,
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    try:
+        await serve_http(app, rt.settings, rt.stop_requested, task_status=task_status)
+    finally:
+        done.set()
+    if not rt.stop_requested.is_set():
+        raise RuntimeError("the HTTP server stopped on its own")
+
+
+async def _handle_signals(rt: Runtime, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                _reload(rt)
+            else:
+                log.info("received %s", signal.Signals(signum).name)
+                rt.stop_requested.set()
+
+
+def _reload(rt: Runtime) -> None:
+    rt.notifier.notify(RELOADING=1, STATUS="reloading settings")
+    try:
+        new = load(rt.sources)
+    except SettingsError as exc:
+        log.error("reload refused, keeping the running settings: %s", exc)
+    else:
+        live, restart = live_changes(rt.settings, new)
+        if "log.level" in live:
+            set_level(live["log.level"])
+        if rt.limiter is not None:
+            rt.limiter.configure(new.ratelimit.rate, new.ratelimit.burst)
+        for key in restart:
+            log.warning("%s changed; it takes effect at the next restart", key)
+        rt.settings = _merge_live(rt.settings, new)
+        log.info("reloaded settings: %s", ", ".join(sorted(live)) or "nothing live changed")
+    rt.notifier.notify(READY=1, STATUS="serving")
+
+
+def _merge_live(old: Settings, new: Settings) -> Settings:
+    """Keep the running values of settings that need a restart; take the live ones."""
+    return replace(old, log=new.log, ratelimit=new.ratelimit)
+
+
+async def _watchdog(rt: Runtime, store: Store, interval: float, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Pet the watchdog only while the loop runs (we got here) and the store answers."""
+    task_status.started()
+    while True:
+        if store.healthy():
+            rt.notifier.notify(WATCHDOG=1)
+        else:
+            log.error("store unhealthy: withholding WATCHDOG=1 so systemd restarts us")
+        await trio.sleep(interval)
+
+
+def _store_health(store: Store) -> ComponentHealth:
+    if not store.healthy():
+        return ComponentHealth("down", "the store does not answer or a commit is stuck")
+    stats = store.stats()
+    used = stats["used_bytes"] / stats["map_size"]
+    return ComponentHealth("ok", f"{stats['used_bytes'] // MiB} MiB used, {used:.0%} of map")
+
+
+def _store_gauges(store: Store) -> dict[str, tuple[str, float]]:
+    stats = store.stats()
+    return {
+        "appliance_store_map_bytes": ("LMDB map size", stats["map_size"]),
+        "appliance_store_used_bytes": ("LMDB pages in use", stats["used_bytes"]),
+        "appliance_store_commits": ("Group commits since start", stats["commits"]),
+        "appliance_store_writes": ("Writes acknowledged since start", stats["writes"]),
+    }
+
+
+def _check_tls(settings: Settings) -> None:
+    for key, path in (("http.tls_cert", settings.http.tls_cert),
+                      ("http.tls_key", settings.http.tls_key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise SettingsError(key, f"cannot read {path}")
+    if settings.http.tls_key is not None and settings.http.tls_cert is None:
+        raise SettingsError("http.tls_key", "set http.tls_cert as well")
+
+
+def listen_fds_http(environ: dict[str, str], pid: int) -> int | None:
+    """The inherited HTTP socket under socket activation (`LISTEN_FDS`), if there is one."""
+    if environ.get("LISTEN_PID") != str(pid) or not environ.get("LISTEN_FDS", "").isdigit():
+        return None
+    count = int(environ["LISTEN_FDS"])
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    for offset in range(count):
+        fd = 3 + offset
+        if (names[offset] if offset < len(names) else "") in ("http", ""):
+            sock = socket.socket(fileno=fd)
+            try:
+                if sock.type == socket.SOCK_STREAM:
+                    return fd
+            finally:
+                sock.detach()
+    return None
+
