@@ -57,6 +57,7 @@ class ReadTxn:
         with self._txn.cursor(db=self._db(db)) as cursor:
             if reverse and before is not None:
                 positioned = cursor.prev() if cursor.set_range(before) else cursor.last()
+                step = cursor.prev
             elif reverse:
                 positioned = _seek_last_with_prefix(cursor, prefix)
                 step = cursor.prev
