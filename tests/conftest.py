@@ -59,26 +59,53 @@ class FakeNotifySocket:
 
 
 class ApplianceProcess:
-    def __init__(self, data_dir: Path, *, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, notify: bool = True,
-                 config: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        notify: bool = True,
+        config: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        self.notify = FakeNotifySocket(data_dir.parent / f"{data_dir.name}.notify") if notify \
-            else None
-        environment = {k: v for k, v in os.environ.items()
-                       if not k.startswith(("APPLIANCE_", "NOTIFY_SOCKET", "WATCHDOG_",
-                                            "LISTEN_", "JOURNAL_STREAM", "STATE_DIRECTORY"))}
+        self.notify = (
+            FakeNotifySocket(data_dir.parent / f"{data_dir.name}.notify") if notify else None
+        )
+        environment = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                (
+                    "APPLIANCE_",
+                    "NOTIFY_SOCKET",
+                    "WATCHDOG_",
+                    "LISTEN_",
+                    "JOURNAL_STREAM",
+                    "STATE_DIRECTORY",
+                )
+            )
+        }
         if self.notify is not None:
             environment["NOTIFY_SOCKET"] = str(self.notify.path)
         environment.update(env or {})
-        args = [sys.executable, "-m", "appliance", "run", "--data-dir", str(data_dir),
-                "--http", "127.0.0.1:0"]
+        args = [
+            sys.executable,
+            "-m",
+            "appliance",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--http",
+            "127.0.0.1:0",
+        ]
         if config is not None:
             args += ["--config", str(config)]
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args + (extra_args or []), env=environment,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args + (extra_args or []), env=environment, stdout=self._log, stderr=subprocess.STDOUT
+        )
         self.url = ""
         self.token = ""
 
@@ -105,7 +132,8 @@ class ApplianceProcess:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kwargs)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
@@ -116,7 +144,9 @@ class ApplianceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"appliance ignored {sig} for {timeout} s:\n{self.log()}")
+                raise AssertionError(
+                    f"appliance ignored {sig} for {timeout} s:\n{self.log()}"
+                ) from None
         self._log.close()
         if self.notify is not None:
             self.notify.close()
@@ -151,13 +181,20 @@ def shared_appliance(tmp_path_factory) -> Iterator[ApplianceProcess]:
     process.stop()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m appliance ARGS` and capture its output."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "appliance", *args], env=environment,
-                          capture_output=True, text=True, timeout=60, input=input)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=input,
+    )
 
 
 @pytest.fixture

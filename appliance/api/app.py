@@ -10,16 +10,19 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from appliance.api.context import ApiContext
+from appliance.api.front import Front
 from appliance.api.guard import MUTATING, identify
 from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
 from appliance.api.routes import admin, auth, system
 from appliance.api.security import HSTS, SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def create_app(ctx: ApiContext) -> QuartTrio:
-    app = QuartTrio("appliance")
+def create_app(ctx: ApiContext) -> Front:
+    """The ASGI application: `Front` (health) before the quart app (everything else)."""
+    app = QuartTrio("appliance", static_folder=None)
     settings = ctx.settings()
     app.config.update(
         APPLIANCE=ctx,
@@ -45,9 +48,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         problem = problem_for_exception(exc)
         if problem.status >= 500 and not isinstance(exc, Problem | HTTPException):
             log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
-        response = Response(problem.render(request.path), status=problem.status,
-                            content_type=CONTENT_TYPE)
+        response = Response(
+            problem.render(request.path), status=problem.status, content_type=CONTENT_TYPE
+        )
         response.headers.update(problem.headers)
+        if problem.status == 413:
+            response.headers["Connection"] = "close"
         return response
 
     @app.after_request
@@ -56,14 +62,15 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         if request.scheme == "https":
             response.headers[HSTS[0]] = HSTS[1]
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        ctx.metrics.requests.labels(request.method, route, f"{response.status_code // 100}xx").inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        ctx.metrics.requests.labels(method, route, f"{response.status_code // 100}xx").inc()
         if "started" in g:
             ctx.metrics.latency.labels(route).observe(time.perf_counter() - g.started)
         if request.method in MUTATING or response.status_code in (401, 403):
             await _audit(ctx, route, response)
         return response
 
-    return app
+    return Front(app, ctx)
 
 
 async def _audit(ctx: ApiContext, route: str, response: Response) -> None:

@@ -17,14 +17,19 @@ class Field:
     minimum: float | None = None
     maximum: float | None = None
     max_length: int | None = None
+    min_length: int | None = None
+    printable: bool = False
     choices: tuple[Any, ...] | None = None
 
 
 def parse_json(raw: bytes, content_type: str | None) -> Any:
     media = (content_type or "").split(";")[0].strip().lower()
     if media != "application/json":
-        raise Problem(415, "unsupported_media_type",
-                      f"expected application/json, got {media or 'no content type'}")
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            f"expected application/json, got {media or 'no content type'}",
+        )
     try:
         return json.loads(raw, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
@@ -38,11 +43,13 @@ def _refuse_constant(name: str) -> Any:
 def validate(document: Any, shape: dict[str, Field]) -> dict[str, Any]:
     """Check `document` against `shape`; collect every error into one 422 problem."""
     if not isinstance(document, dict):
-        raise Problem(422, "validation_failed", "the body must be a JSON object",
-                      errors=[{"field": "", "message": "expected an object"}])
-    errors = [
-        {"field": name, "message": "unknown field"} for name in document if name not in shape
-    ]
+        raise Problem(
+            422,
+            "validation_failed",
+            "the body must be a JSON object",
+            errors=[{"field": "", "message": "expected an object"}],
+        )
+    errors = [{"field": name, "message": "unknown field"} for name in document if name not in shape]
     values: dict[str, Any] = {}
     for name, rule in shape.items():
         if name not in document or document[name] is None:
@@ -56,8 +63,9 @@ def validate(document: Any, shape: dict[str, Field]) -> dict[str, Any]:
         else:
             values[name] = value
     if errors:
-        raise Problem(422, "validation_failed", "the body does not match the expected shape",
-                      errors=errors)
+        raise Problem(
+            422, "validation_failed", "the body does not match the expected shape", errors=errors
+        )
     return values
 
 
@@ -66,7 +74,10 @@ def _check(value: Any, rule: Field) -> str:
     if isinstance(value, bool) and bool not in kinds:
         return f"expected {_names(kinds)}, got a boolean"
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            return "must be finite"
     if not isinstance(value, kinds):
         return f"expected {_names(kinds)}, got {type(value).__name__}"
     if isinstance(value, float) and not math.isfinite(value):
@@ -77,12 +88,22 @@ def _check(value: Any, rule: Field) -> str:
         return f"must be <= {rule.maximum}"
     if rule.max_length is not None and len(value) > rule.max_length:
         return f"longer than {rule.max_length}"
+    if rule.min_length is not None and len(value) < rule.min_length:
+        return f"shorter than {rule.min_length}"
+    if rule.printable and not value.isprintable():
+        return "must be printable"
     if rule.choices is not None and value not in rule.choices:
         return f"must be one of {', '.join(map(str, rule.choices))}"
     return ""
 
 
 def _names(kinds: tuple[type, ...]) -> str:
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object",
-             list: "array"}
+    names = {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        dict: "object",
+        list: "array",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from appliance.api.metrics import Metrics
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
-from appliance.runtime.health import Health
 from appliance.settings import Settings
 from appliance.store import Store
+
+if TYPE_CHECKING:  # the runtime imports the api; at run time this would be a cycle
+    from appliance.runtime.health import Health
 
 
 @dataclass(frozen=True)

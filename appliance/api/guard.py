@@ -62,8 +62,12 @@ async def identify() -> None:
     wait = ctx.limiter.acquire(key)
     if wait:
         ctx.metrics.rate_limited.inc()
-        raise Problem(429, "rate_limited", "too many requests; slow down",
-                      headers={"Retry-After": retry_after_header(wait)})
+        raise Problem(
+            429,
+            "rate_limited",
+            "too many requests; slow down",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
 
 
 def requires(role: str) -> Callable[[F], F]:

@@ -27,20 +27,27 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "appliance_http_requests", "HTTP requests by route and status class",
-            ["method", "route", "status"], registry=self.registry,
+            "appliance_http_requests",
+            "HTTP requests by route and status class",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "appliance_http_request_duration_seconds", "HTTP request handling time by route",
-            ["route"], registry=self.registry,
+            "appliance_http_request_duration_seconds",
+            "HTTP request handling time by route",
+            ["route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
         )
         self.auth_failures = Counter(
-            "appliance_auth_failures", "Refused credentials by reason",
-            ["reason"], registry=self.registry,
+            "appliance_auth_failures",
+            "Refused credentials by reason",
+            ["reason"],
+            registry=self.registry,
         )
         self.rate_limited = Counter(
-            "appliance_rate_limited", "Requests refused by a rate limit",
+            "appliance_rate_limited",
+            "Requests refused by a rate limit",
             registry=self.registry,
         )
 

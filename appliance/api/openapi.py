@@ -17,8 +17,15 @@ PROBLEM = {"$ref": "#/components/responses/Problem"}
 ROLE_NOTE = "Needs the `{}` role (or higher)."
 
 
-def _op(summary: str, role: str | None, ok: dict[str, Any], *, body: Any = None,
-        params: list[dict[str, Any]] | None = None, ok_status: str = "200") -> dict[str, Any]:
+def _op(
+    summary: str,
+    role: str | None,
+    ok: dict[str, Any],
+    *,
+    body: Any = None,
+    params: list[dict[str, Any]] | None = None,
+    ok_status: str = "200",
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "description": ROLE_NOTE.format(role) if role else "No credentials needed.",
@@ -27,8 +34,10 @@ def _op(summary: str, role: str | None, ok: dict[str, Any], *, body: Any = None,
     if role is None:
         operation["security"] = []
     if body is not None:
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": body}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
     if params:
         operation["parameters"] = params
     return operation
@@ -43,8 +52,13 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": schema}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
 
 
 SCHEMAS: dict[str, Any] = {
@@ -53,11 +67,19 @@ SCHEMAS: dict[str, Any] = {
         "description": "RFC 9457 problem details; `code` is stable, `detail` is for humans.",
         "required": ["type", "title", "status", "code", "detail"],
         "properties": {
-            "type": {"type": "string"}, "title": {"type": "string"},
-            "status": {"type": "integer"}, "code": {"type": "string"},
-            "detail": {"type": "string"}, "instance": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "object", "properties": {
-                "field": {"type": "string"}, "message": {"type": "string"}}}},
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "code": {"type": "string"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
         },
     },
     "Health": {
@@ -67,16 +89,23 @@ SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["starting", "ok", "degraded", "stopping"]},
             "version": {"type": "string"},
             "uptime_s": {"type": "number"},
-            "components": {"type": "object", "additionalProperties": {
-                "type": "object", "properties": {
-                    "status": {"enum": ["starting", "ok", "degraded", "down", "stopping"]},
-                    "detail": {"type": "string"}}}},
+            "components": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"enum": ["starting", "ok", "degraded", "down", "stopping"]},
+                        "detail": {"type": "string"},
+                    },
+                },
+            },
         },
     },
     "Token": {
         "type": "object",
         "properties": {
-            "id": {"type": "string"}, "name": {"type": "string"},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
             "role": {"enum": ["viewer", "operator", "admin"]},
             "created_at": {"type": "number"},
             "expires_at": {"type": ["number", "null"]},
@@ -85,7 +114,9 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "NewToken": {
-        "type": "object", "additionalProperties": False, "required": ["name", "role"],
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "role"],
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 64},
             "role": {"enum": ["viewer", "operator", "admin"]},
@@ -95,80 +126,180 @@ SCHEMAS: dict[str, Any] = {
     "AuditEntry": {
         "type": "object",
         "properties": {
-            "seq": {"type": "integer"}, "time": {"type": "number"},
-            "actor": {"type": "string"}, "action": {"type": "string"},
-            "target": {"type": "string"}, "outcome": {"type": "string"},
-            "remote": {"type": "string"}, "detail": {"type": "object"},
-            "prev": {"type": "string"}, "hash": {"type": "string"},
+            "seq": {"type": "integer"},
+            "time": {"type": "number"},
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "target": {"type": "string"},
+            "outcome": {"type": "string"},
+            "remote": {"type": "string"},
+            "detail": {"type": "object"},
+            "prev": {"type": "string"},
+            "hash": {"type": "string"},
         },
     },
 }
 
 PATHS: dict[str, Any] = {
-    "/api/v1/health": {"get": {
-        **_op("Health of the process and each component", None, _json(_ref("Health"))),
-        "responses": {"200": _json(_ref("Health"), "Everything is ok"),
-                      "503": _json(_ref("Health"), "Starting, degraded or stopping")},
-    }},
-    "/api/v1/metrics": {"get": _op(
-        "Prometheus metrics", "viewer",
-        {"description": "Prometheus text format",
-         "content": {"text/plain": {"schema": {"type": "string"}}}})},
-    "/api/v1/openapi.json": {"get": _op(
-        "This document", None, _json({"type": "object"}))},
-    "/api/v1/auth/tokens": {
-        "post": _op("Create a token; the secret is shown only in this response", "admin",
-                    _json({"allOf": [_ref("Token"), {"type": "object", "properties": {
-                        "token": {"type": "string"}}}]}, "Created"),
-                    body=_ref("NewToken"), ok_status="201"),
-        "get": _op("List tokens (never their secrets)", "admin", _json({
-            "type": "object", "properties": {"tokens": {"type": "array",
-                                                        "items": _ref("Token")}}})),
+    "/api/v1/health": {
+        "get": {
+            **_op("Health of the process and each component", None, _json(_ref("Health"))),
+            "responses": {
+                "200": _json(_ref("Health"), "Everything is ok"),
+                "503": _json(_ref("Health"), "Starting, degraded or stopping"),
+            },
+        }
     },
-    "/api/v1/auth/tokens/{token_id}": {"delete": {
-        **_op("Revoke a token (its sessions end with it)", "admin", _json(_ref("Token"))),
-        "parameters": [{"name": "token_id", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
-    }},
-    "/api/v1/auth/me": {"get": _op("Who the credentials belong to", "viewer", _json({
-        "type": "object", "properties": {
-            "token_id": {"type": "string"}, "name": {"type": "string"},
-            "role": {"type": "string"}, "via_session": {"type": "boolean"},
-            "csrf_token": {"type": "string"}}}))},
+    "/api/v1/metrics": {
+        "get": _op(
+            "Prometheus metrics",
+            "viewer",
+            {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        )
+    },
+    "/api/v1/openapi.json": {"get": _op("This document", None, _json({"type": "object"}))},
+    "/api/v1/auth/tokens": {
+        "post": _op(
+            "Create a token; the secret is shown only in this response",
+            "admin",
+            _json(
+                {
+                    "allOf": [
+                        _ref("Token"),
+                        {"type": "object", "properties": {"token": {"type": "string"}}},
+                    ]
+                },
+                "Created",
+            ),
+            body=_ref("NewToken"),
+            ok_status="201",
+        ),
+        "get": _op(
+            "List tokens (never their secrets)",
+            "admin",
+            _json(
+                {
+                    "type": "object",
+                    "properties": {"tokens": {"type": "array", "items": _ref("Token")}},
+                }
+            ),
+        ),
+    },
+    "/api/v1/auth/tokens/{token_id}": {
+        "delete": {
+            **_op("Revoke a token (its sessions end with it)", "admin", _json(_ref("Token"))),
+            "parameters": [
+                {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+        }
+    },
+    "/api/v1/auth/me": {
+        "get": _op(
+            "Who the credentials belong to",
+            "viewer",
+            _json(
+                {
+                    "type": "object",
+                    "properties": {
+                        "token_id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "role": {"type": "string"},
+                        "via_session": {"type": "boolean"},
+                        "csrf_token": {"type": "string"},
+                    },
+                }
+            ),
+        )
+    },
     "/api/v1/auth/session": {
         "post": {
-            **_op("Trade a token for an HttpOnly, SameSite=Strict session cookie", None,
-                  _json({"type": "object", "properties": {
-                      "role": {"type": "string"}, "csrf_token": {"type": "string"},
-                      "expires_at": {"type": "number"}}}, "Created; sets the cookie"),
-                  ok_status="201"),
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": False,
-                "properties": {"token": {"type": "string"}}}}}},
-            "description": "Send the token as `Authorization: Bearer` or as `{\"token\"}`. "
-                           "Writes made with the cookie must send `X-CSRF-Token`.",
+            **_op(
+                "Trade a token for an HttpOnly, SameSite=Strict session cookie",
+                None,
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "role": {"type": "string"},
+                            "csrf_token": {"type": "string"},
+                            "expires_at": {"type": "number"},
+                        },
+                    },
+                    "Created; sets the cookie",
+                ),
+                ok_status="201",
+            ),
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"token": {"type": "string"}},
+                        }
+                    }
+                },
+            },
+            "description": 'Send the token as `Authorization: Bearer` or as `{"token"}`. '
+            "Writes made with the cookie must send `X-CSRF-Token`.",
         },
-        "delete": _op("End the session of this cookie", "viewer",
-                      _json({"type": "object"})),
+        "delete": _op("End the session of this cookie", "viewer", _json({"type": "object"})),
     },
-    "/api/v1/admin/backup": {"post": _op(
-        "Stream a compacted copy of the store (save it as data.mdb)", "admin",
-        {"description": "An LMDB data file",
-         "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                              "format": "binary"}}}})},
-    "/api/v1/audit": {"get": _op(
-        "Read the audit log", "admin",
-        _json({"type": "object", "properties": {"entries": {"type": "array",
-                                                            "items": _ref("AuditEntry")}}}),
-        params=[_query("after", "Entries after this sequence number (before, with "
-                                "order=desc)", {"type": "integer", "minimum": 0}),
-                _query("limit", "At most this many", {"type": "integer", "minimum": 1,
-                                                     "maximum": 1000}),
-                _query("order", "asc (oldest first) or desc", {"enum": ["asc", "desc"]})])},
-    "/api/v1/audit/verify": {"get": _op(
-        "Recompute the audit hash chain", "admin", _json({"type": "object", "properties": {
-            "ok": {"type": "boolean"}, "entries": {"type": "integer"},
-            "problems": {"type": "array", "items": {"type": "string"}}}}))},
+    "/api/v1/admin/backup": {
+        "post": _op(
+            "Stream a compacted copy of the store (save it as data.mdb)",
+            "admin",
+            {
+                "description": "An LMDB data file",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+        )
+    },
+    "/api/v1/audit": {
+        "get": _op(
+            "Read the audit log",
+            "admin",
+            _json(
+                {
+                    "type": "object",
+                    "properties": {"entries": {"type": "array", "items": _ref("AuditEntry")}},
+                }
+            ),
+            params=[
+                _query(
+                    "after",
+                    "Entries after this sequence number (before, with order=desc)",
+                    {"type": "integer", "minimum": 0},
+                ),
+                _query(
+                    "limit", "At most this many", {"type": "integer", "minimum": 1, "maximum": 1000}
+                ),
+                _query("order", "asc (oldest first) or desc", {"enum": ["asc", "desc"]}),
+            ],
+        )
+    },
+    "/api/v1/audit/verify": {
+        "get": _op(
+            "Recompute the audit hash chain",
+            "admin",
+            _json(
+                {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "entries": {"type": "integer"},
+                        "problems": {"type": "array", "items": {"type": "string"}},
+                    },
+                }
+            ),
+        )
+    },
 }
 
 # `/metrics` at the root is the same handler as `/api/v1/metrics`, for Prometheus defaults.
@@ -179,16 +310,23 @@ PATHS["/metrics"] = PATHS["/api/v1/metrics"]
 def openapi_document() -> bytes:
     document = {
         "openapi": "3.1.0",
-        "info": {"title": "Appliance API", "version": __version__,
-                 "description": "The edge appliance's REST API. Errors are problem details "
-                                "(application/problem+json) with a stable `code`."},
+        "info": {
+            "title": "Appliance API",
+            "version": __version__,
+            "description": "The edge appliance's REST API. Errors are problem details "
+            "(application/problem+json) with a stable `code`.",
+        },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"session": []}],
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,
-            "responses": {"Problem": {"description": "An error", "content": {
-                "application/problem+json": {"schema": _ref("Problem")}}}},
+            "responses": {
+                "Problem": {
+                    "description": "An error",
+                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                }
+            },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "appliance_session"},

@@ -92,6 +92,5 @@ def problem_for_exception(exc: BaseException) -> Problem:
         headers = {}
         if exc.code == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))
-        return Problem(exc.code, code, exc.description or exc.name, title=exc.name,
-                       headers=headers)
+        return Problem(exc.code, code, exc.description or exc.name, title=exc.name, headers=headers)
     return Problem(500, "internal_error", "an unexpected error occurred; it has been logged")

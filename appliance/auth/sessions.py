@@ -91,7 +91,8 @@ def check_csrf(principal: Principal, header_value: str | None) -> None:
 def _purge_expired(txn: WriteTxn, now: float) -> None:
     """Drop a bounded number of expired sessions on each new one, so the table stays small."""
     expired = [
-        key for key, value in txn.iter("sessions", limit=PURGE_PER_WRITE * 4)
+        key
+        for key, value in txn.iter("sessions", limit=PURGE_PER_WRITE * 4)
         if value["expires_at"] <= now
     ][:PURGE_PER_WRITE]
     for key in expired:

@@ -118,7 +118,7 @@ class TokenStore:
     # Reads.
 
     def get(self, token_id: str) -> TokenRecord | None:
-        if not token_id or len(token_id) > 32:
+        if not token_id or len(token_id) > 32 or "\x00" in token_id:
             return None
         raw = self._store.get("tokens", pack_key(token_id))
         return TokenRecord(**raw) if raw is not None else None

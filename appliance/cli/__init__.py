@@ -9,7 +9,7 @@ import sys
 from appliance import __version__
 from appliance.cli import admin, run, status, tokens
 from appliance.cli.common import BAD_CONFIG, FAILURE, CliError, add_settings_options
-from appliance.runtime import AlreadyRunning
+from appliance.runtime import AlreadyRunning, StartupError
 from appliance.settings import SettingsError
 from appliance.store import StoreError
 
@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return BAD_CONFIG
-    except (CliError, AlreadyRunning, StoreError) as exc:
+    except (CliError, AlreadyRunning, StartupError, StoreError) as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", FAILURE)
     except KeyboardInterrupt:
         return FAILURE
-    except BaseException as exc:  # noqa: BLE001 - the last line of defence: log and exit 1
+    except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         logging.getLogger("appliance").critical("appliance failed", exc_info=exc)

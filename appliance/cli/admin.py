@@ -12,16 +12,23 @@ from appliance.store import StoreError
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     backup = commands.add_parser(
-        "backup", parents=[parent],
-        help="write a compacted copy of the store to DIR/data.mdb (safe while running)")
-    backup.add_argument("output", type=Path, metavar="DIR",
-                        help="directory to write data.mdb into (must not hold one)")
+        "backup",
+        parents=[parent],
+        help="write a compacted copy of the store to DIR/data.mdb (safe while running)",
+    )
+    backup.add_argument(
+        "output",
+        type=Path,
+        metavar="DIR",
+        help="directory to write data.mdb into (must not hold one)",
+    )
     backup.set_defaults(handler=run_backup)
 
     audit = commands.add_parser("audit", help="inspect the audit log", parents=[parent])
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    verify = sub.add_parser("verify", parents=[parent],
-                            help="recompute the hash chain; exit 1 if it was tampered with")
+    verify = sub.add_parser(
+        "verify", parents=[parent], help="recompute the hash chain; exit 1 if it was tampered with"
+    )
     verify.set_defaults(handler=run_audit_verify)
 
 

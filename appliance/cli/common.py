@@ -23,12 +23,18 @@ class CliError(Exception):
 
 
 def add_settings_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="settings file (default: $APPLIANCE_CONFIG, "
-                             "/etc/appliance/appliance.toml)")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="data directory (default: $STATE_DIRECTORY or "
-                             "~/.local/state/appliance)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="settings file (default: $APPLIANCE_CONFIG, /etc/appliance/appliance.toml)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="data directory (default: $STATE_DIRECTORY or ~/.local/state/appliance)",
+    )
 
 
 def sources_from(args: argparse.Namespace, **overrides: Any) -> SettingsSources:
@@ -45,8 +51,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def open_local_store(settings: Settings, *, readonly: bool = False) -> Store:
     path = settings.data_dir / "store"
     if not (path / "data.mdb").exists():
-        raise CliError(f"no appliance data in {settings.data_dir} "
-                       "(start `appliance run` once, or pass --data-dir)")
+        raise CliError(
+            f"no appliance data in {settings.data_dir} "
+            "(start `appliance run` once, or pass --data-dir)"
+        )
     try:
         return Store.open(path, readonly=readonly)
     except StoreError as exc:

@@ -14,8 +14,9 @@ from appliance.settings import load_settings
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     run_parser = commands.add_parser("run", parents=[parent], help="run the appliance service")
-    run_parser.add_argument("--http", metavar="HOST:PORT",
-                            help="HTTP listen address (port 0 picks a free port)")
+    run_parser.add_argument(
+        "--http", metavar="HOST:PORT", help="HTTP listen address (port 0 picks a free port)"
+    )
     run_parser.add_argument("--bus-tcp", metavar="HOST:PORT", help="bus TCP listen address")
     run_parser.add_argument("--bus-unix", metavar="PATH", help="bus Unix socket path")
     run_parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -30,8 +31,12 @@ def run_service(args: argparse.Namespace) -> int:
             http = f"fd://{inherited}"
     sources = sources_from(
         args,
-        **{"http.listen": http, "bus.tcp": args.bus_tcp, "bus.unix": args.bus_unix,
-           "log.level": args.log_level},
+        **{
+            "http.listen": http,
+            "bus.tcp": args.bus_tcp,
+            "bus.unix": args.bus_unix,
+            "log.level": args.log_level,
+        },
     )
     settings = load_settings(sources)
     configure_logging(settings.log.level)

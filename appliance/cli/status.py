@@ -12,8 +12,9 @@ from appliance.runtime.endpoints import read_endpoints
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    status = commands.add_parser("status", parents=[parent],
-                                 help="show the running appliance's health")
+    status = commands.add_parser(
+        "status", parents=[parent], help="show the running appliance's health"
+    )
     status.add_argument("--url", help="base URL (default: from DATA_DIR/run/endpoints.json)")
     status.add_argument("--json", action="store_true", help="print the raw health document")
     status.set_defaults(handler=run_status)
@@ -26,8 +27,10 @@ def run_status(args: argparse.Namespace) -> int:
         try:
             url = read_endpoints(settings.data_dir / "run" / "endpoints.json")["http"]
         except (OSError, ValueError, KeyError):
-            raise CliError(f"the appliance is not running on {settings.data_dir} "
-                           "(no run/endpoints.json); pass --url to ask another") from None
+            raise CliError(
+                f"the appliance is not running on {settings.data_dir} "
+                "(no run/endpoints.json); pass --url to ask another"
+            ) from None
     try:
         response = httpx.get(f"{url.rstrip('/')}/api/v1/health", timeout=5.0, verify=False)
         health = response.json()

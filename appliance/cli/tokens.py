@@ -38,18 +38,24 @@ def create_token(args: argparse.Namespace) -> int:
     store = open_local_store(settings_from(args))
     try:
         try:
-            write, token = TokenStore.creation(args.name, args.role, ttl_s=args.ttl,
-                                               created_by=local_actor())
+            write, token = TokenStore.creation(
+                args.name, args.role, ttl_s=args.ttl, created_by=local_actor()
+            )
         except ValueError as exc:
             raise CliError(str(exc), 2) from None
 
         def create_and_audit(txn):
             record = write(txn)
-            AuditLog.appending(local_actor(), "token.create", f"token:{record.id}", "ok",
-                               detail={"role": record.role, "name": record.name})(txn)
+            AuditLog.appending(
+                local_actor(),
+                "token.create",
+                f"token:{record.id}",
+                "ok",
+                detail={"role": record.role, "name": record.name},
+            )(txn)
             return record
 
-        record = store.write_now(create_and_audit)
+        store.write_now(create_and_audit)
     finally:
         store.close()
     say(token)

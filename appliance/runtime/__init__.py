@@ -1,6 +1,6 @@
 """The process: settings in, root nursery, services started in order, signals, stop."""
 
 from appliance.runtime.lock import AlreadyRunning
-from appliance.runtime.main import listen_fds_http, run
+from appliance.runtime.main import StartupError, listen_fds_http, run
 
-__all__ = ["AlreadyRunning", "listen_fds_http", "run"]
+__all__ = ["AlreadyRunning", "StartupError", "listen_fds_http", "run"]

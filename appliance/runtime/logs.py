@@ -18,8 +18,12 @@ _PRIORITY = {
     logging.INFO: 6,
     logging.DEBUG: 7,
 }
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class JournalFormatter(logging.Formatter):
@@ -50,9 +54,7 @@ def configure_logging(level: str, *, journal: bool | None = None) -> None:
     if journal if journal is not None else stderr_is_journal():
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)

@@ -51,17 +51,45 @@ class Runtime:
     limiter: RateLimiter | None = None
 
 
+class StartupError(Exception):
+    """A service could not start for a reason the operator can fix (a port in use...)."""
+
+
 def run(settings: Settings, sources: SettingsSources) -> int:
-    """Run the service until it is told to stop; return the process exit code."""
+    """Run the service until it is told to stop; return the process exit code.
+
+    Errors with a clear cause (bad settings, a port in use, a second instance, an unusable
+    store) are raised unwrapped for the CLI to report in one line; anything else is raised
+    as it came, for the CLI to log with its traceback."""
     data_dir = settings.data_dir
     lock = InstanceLock(data_dir / "run" / "appliance.lock")
-    lock.acquire()  # AlreadyRunning propagates to the CLI
+    try:
+        lock.acquire()  # AlreadyRunning propagates to the CLI
+    except OSError as exc:
+        raise SettingsError("data.dir", f"cannot use {data_dir}: {exc.strerror}") from None
     try:
         runtime = Runtime(settings, sources, Notifier())
         trio.run(_main, runtime)
         return 0
+    except BaseExceptionGroup as group:
+        raise _sole_cause(group) from None
     finally:
         lock.release()
+
+
+def _sole_cause(group: BaseExceptionGroup) -> BaseException:
+    """The one leaf of a nursery's exception group when there is exactly one."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _main(rt: Runtime) -> None:
@@ -125,24 +153,48 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     await rt.stop_requested.wait()
     rt.health.phase = "stopping"
     rt.notifier.notify(STOPPING=1, STATUS="stopping: draining HTTP requests")
-    log.info("stopping: draining in-flight HTTP requests (up to %.0f s)",
-             settings.http.graceful_timeout_s)
+    log.info(
+        "stopping: draining in-flight HTTP requests (up to %.0f s)",
+        settings.http.graceful_timeout_s,
+    )
     await http_done.wait()
+    (settings.data_dir / "run" / "endpoints.json").unlink(missing_ok=True)
     nursery.cancel_scope.cancel()  # the writer finishes the batch it has, then stops
 
 
-async def _run_http(app, rt: Runtime, done: trio.Event, *,
-                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+async def _run_http(
+    app,
+    rt: Runtime,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    started = False
+
+    def report(binds: list[str]) -> None:
+        nonlocal started
+        started = True
+        task_status.started(binds)
+
     try:
-        await serve_http(app, rt.settings, rt.stop_requested, task_status=task_status)
+        await serve_http(app, rt.settings, rt.stop_requested, task_status=_Reporter(report))
+    except BaseExceptionGroup as group:
+        cause = _sole_cause(group)
+        if started or not isinstance(cause, OSError):
+            raise
+        listen = rt.settings.http.listen
+        raise StartupError(
+            f"cannot listen for HTTP on {listen}: {cause.strerror or cause}"
+        ) from cause
     finally:
         done.set()
     if not rt.stop_requested.is_set():
         raise RuntimeError("the HTTP server stopped on its own")
 
 
-async def _handle_signals(rt: Runtime, *,
-                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _handle_signals(
+    rt: Runtime, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
@@ -177,8 +229,13 @@ def _merge_live(old: Settings, new: Settings) -> Settings:
     return replace(old, log=new.log, ratelimit=new.ratelimit)
 
 
-async def _watchdog(rt: Runtime, store: Store, interval: float, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _watchdog(
+    rt: Runtime,
+    store: Store,
+    interval: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Pet the watchdog only while the loop runs (we got here) and the store answers."""
     task_status.started()
     while True:
@@ -187,6 +244,13 @@ async def _watchdog(rt: Runtime, store: Store, interval: float, *,
         else:
             log.error("store unhealthy: withholding WATCHDOG=1 so systemd restarts us")
         await trio.sleep(interval)
+
+
+class _Reporter:
+    """A task status that tells us when hypercorn has bound its sockets."""
+
+    def __init__(self, report) -> None:
+        self.started = report
 
 
 def _store_health(store: Store) -> ComponentHealth:
@@ -208,8 +272,10 @@ def _store_gauges(store: Store) -> dict[str, tuple[str, float]]:
 
 
 def _check_tls(settings: Settings) -> None:
-    for key, path in (("http.tls_cert", settings.http.tls_cert),
-                      ("http.tls_key", settings.http.tls_key)):
+    for key, path in (
+        ("http.tls_cert", settings.http.tls_cert),
+        ("http.tls_key", settings.http.tls_key),
+    ):
         if path is not None and not os.access(path, os.R_OK):
             raise SettingsError(key, f"cannot read {path}")
     if settings.http.tls_key is not None and settings.http.tls_cert is None:
@@ -232,4 +298,3 @@ def listen_fds_http(environ: dict[str, str], pid: int) -> int | None:
             finally:
                 sock.detach()
     return None
-

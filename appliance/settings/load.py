@@ -109,7 +109,8 @@ def _default_data_dir(environ: Mapping[str, str]) -> Path:
     if environ.get("STATE_DIRECTORY"):
         # systemd passes a colon-separated list when several StateDirectory= are set.
         return Path(environ["STATE_DIRECTORY"].split(":")[0])
-    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    base = environ.get("XDG_STATE_HOME") or str(home / ".local" / "state")
     return Path(base) / "appliance"
 
 

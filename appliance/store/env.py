@@ -51,7 +51,9 @@ class Store:
         # the map is resized: LMDB forbids resizing under live transactions.
         self._resize_lock = threading.Lock()
         self._closed = False
-        self._writer = GroupCommitWriter(self._begin_write, self._wrap_write, self._grow)
+        self._writer = GroupCommitWriter(
+            self._begin_write, self._wrap_write, self._grow, self._translate
+        )
 
     @classmethod
     def open(
@@ -147,7 +149,7 @@ class Store:
                     raise StoreFull("the store reached max_map_size_mb") from None
             except (lmdb.Error, OSError) as exc:
                 txn.abort()
-                raise translate(exc, "write") from None
+                raise self._translate(exc, "write") from None
             except BaseException:
                 txn.abort()
                 raise
@@ -191,7 +193,7 @@ class Store:
                 self._env.set_mapsize(0)
             self._env.copyfd(fd, compact=True)
         except (lmdb.Error, OSError) as exc:
-            raise translate(exc, "backup") from None
+            raise self._translate(exc, "backup") from None
 
     def backup_to_dir(self, directory: Path) -> Path:
         """Write a compacted copy as `directory/data.mdb` (the directory must not hold one)."""
@@ -229,6 +231,9 @@ class Store:
             # Another process (a CLI) grew the map: adopt its size and try again.
             self._env.set_mapsize(0)
             return self._env.begin(write=write, parent=parent)
+
+    def _translate(self, exc: BaseException, what: str) -> StoreError:
+        return translate(exc, what, self.path)
 
     def _begin_write(self, parent: lmdb.Transaction | None) -> lmdb.Transaction:
         return self._begin(write=True, parent=parent)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
+import resource
+from pathlib import Path
 
 import lmdb
 
@@ -34,8 +37,15 @@ class StoreVersionError(StoreError):
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
-def translate(exc: lmdb.Error | OSError, what: str) -> StoreError:
-    """Turn a py-lmdb or OS error into the store's own exception tree."""
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def translate(exc: lmdb.Error | OSError, what: str, path: Path | None = None) -> StoreError:
+    """Turn a py-lmdb or OS error into the store's own exception tree.
+
+    A write that runs into a full disk (or the file size limit) part-way is a short write,
+    which LMDB reports as a plain I/O error; with `path`, such an error is checked against
+    the free space and the size limit so that it is still reported as full."""
     if isinstance(exc, lmdb.MapFullError):
         return StoreFull(f"{what}: the store reached its largest allowed size")
     code = getattr(exc, "errno", None)
@@ -44,4 +54,18 @@ def translate(exc: lmdb.Error | OSError, what: str) -> StoreError:
         marker in text for marker in ("No space left", "File too large", "Disk quota")
     ):
         return StoreFull(f"{what}: the disk is full ({text})")
+    if path is not None and _nearly_full(path):
+        return StoreFull(f"{what}: the disk or the file size limit is reached ({text})")
     return StoreIOError(f"{what}: {text}")
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        disk = os.statvfs(path)
+        if disk.f_bavail * disk.f_frsize < _NEARLY_FULL_BYTES:
+            return True
+        soft_limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        size = (path / "data.mdb").stat().st_size
+    except OSError:
+        return False
+    return soft_limit != resource.RLIM_INFINITY and size + _NEARLY_FULL_BYTES >= soft_limit

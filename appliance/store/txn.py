@@ -39,9 +39,7 @@ class ReadTxn:
     ) -> list[tuple[bytes, Any]]:
         """Items whose key starts with `prefix` and lies strictly between `after` and `before`,
         in key order, or from the highest key down when `reverse`."""
-        return list(
-            self.iter(db, prefix, after=after, before=before, reverse=reverse, limit=limit)
-        )
+        return list(self.iter(db, prefix, after=after, before=before, reverse=reverse, limit=limit))
 
     def iter(
         self,

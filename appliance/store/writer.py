@@ -22,7 +22,7 @@ import lmdb
 import outcome
 import trio
 
-from appliance.store.errors import StoreClosed, StoreError, StoreFull, translate
+from appliance.store.errors import StoreClosed, StoreError, StoreFull
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +51,7 @@ class GroupCommitWriter:
         begin_write: Callable[[lmdb.Transaction | None], lmdb.Transaction],
         wrap: Callable[[lmdb.Transaction], Any],
         grow: Callable[[], bool],
+        translate: Callable[[BaseException, str], StoreError],
         *,
         max_batch: int = MAX_BATCH,
         queue_size: int = QUEUE_SIZE,
@@ -58,6 +59,7 @@ class GroupCommitWriter:
         self._begin_write = begin_write
         self._wrap = wrap
         self._grow = grow
+        self._translate = translate
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[_Request[Any]](queue_size)
         self._limiter = trio.CapacityLimiter(1)
@@ -124,7 +126,7 @@ class GroupCommitWriter:
                         return
                 except (lmdb.Error, OSError) as exc:
                     log.error("store commit failed: %s", exc)
-                    self._fail_pending(batch, translate(exc, "commit"))
+                    self._fail_pending(batch, self._translate(exc, "commit"))
                     return
         finally:
             self.batch_started_at = None
@@ -138,6 +140,9 @@ class GroupCommitWriter:
                     continue
                 request.result = self._run_one(parent, request.fn)
             parent.commit()  # the environment is opened with sync=True: this fsyncs
+        except lmdb.MapFullError:  # saving the free-page list may need pages too
+            parent.abort()
+            raise _Grow() from None
         except BaseException:
             parent.abort()
             raise
@@ -152,7 +157,7 @@ class GroupCommitWriter:
             raise _Grow() from None
         except (lmdb.Error, OSError) as exc:
             child.abort()
-            return outcome.Error(translate(exc, "write"))
+            return outcome.Error(self._translate(exc, "write"))
         except Exception as exc:
             child.abort()
             return outcome.Error(exc)
@@ -161,5 +166,5 @@ class GroupCommitWriter:
 
     @staticmethod
     def _fail_pending(batch: list[_Request[Any]], error: StoreError) -> None:
-        for request in batch:
-            request.result = outcome.Error(error)
+        for request in batch:  # one exception object per caller: each raises its own
+            request.result = outcome.Error(type(error)(*error.args))

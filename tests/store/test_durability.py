@@ -16,7 +16,8 @@ CHILD = Path(__file__).with_name("durability_child.py")
 def run_until_killed(path: Path, round_number: int, rng: random.Random) -> list[tuple[int, int]]:
     child = subprocess.Popen(
         [sys.executable, str(CHILD), str(path), str(round_number)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert child.stdout is not None
     first = child.stdout.readline()
@@ -43,7 +44,8 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
         store = Store.open(path)  # must open cleanly after every kill
         try:
             missing = [
-                (w, n) for w, n in acknowledged
+                (w, n)
+                for w, n in acknowledged
                 if store.get("kv", pack_key(round_number, w, n)) != {"n": n}
             ]
             assert not missing, f"round {round_number}: lost acknowledged writes {missing[:5]}"

@@ -116,7 +116,10 @@ def test_scan_ranges_and_order(store):
     assert [v for _, v in store.scan("kv", prefix, after=pack_key("a", 7))] == [8, 9, 10]
     assert [v for _, v in store.scan("kv", prefix, reverse=True, limit=3)] == [10, 9, 8]
     assert [v for _, v in store.scan("kv", prefix, before=pack_key("a", 4), reverse=True)] == [
-        3, 2, 1]
+        3,
+        2,
+        1,
+    ]
     assert [v for _, v in store.scan("kv", prefix, limit=2)] == [1, 2]
 
 

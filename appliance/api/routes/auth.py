@@ -14,7 +14,7 @@ from appliance.auth.tokens import TokenNotFound
 blueprint = Blueprint("auth", __name__)
 
 NEW_TOKEN = {
-    "name": Field(str, max_length=64),
+    "name": Field(str, min_length=1, max_length=64, printable=True),
     "role": Field(str, choices=ROLES),
     "ttl_s": Field((int, float), required=False, minimum=60, maximum=10 * 365 * 86400),
 }
@@ -31,7 +31,9 @@ async def create_token() -> tuple[Response, int]:
     body = await json_body(NEW_TOKEN)
     try:
         record, token = await context().tokens.create(
-            body["name"], body["role"], ttl_s=body.get("ttl_s"),
+            body["name"],
+            body["role"],
+            ttl_s=body.get("ttl_s"),
             created_by=g.principal.label,
         )
     except ValueError as exc:
@@ -63,8 +65,12 @@ async def revoke_token(token_id: str) -> Response:
 @requires("viewer")
 async def me() -> Response:
     principal = g.principal
-    body = {"token_id": principal.token_id, "name": principal.name, "role": principal.role,
-            "via_session": principal.via_session}
+    body = {
+        "token_id": principal.token_id,
+        "name": principal.name,
+        "role": principal.role,
+        "via_session": principal.via_session,
+    }
     if principal.via_session:
         body["csrf_token"] = principal.session_csrf
     return jsonify(body)
@@ -85,11 +91,17 @@ async def create_session() -> tuple[Response, int]:
         raise
     g.principal = principal
     session = await ctx.sessions.create(principal)
-    response = jsonify({"role": principal.role, "csrf_token": session.csrf_token,
-                        "expires_at": session.expires_at})
+    response = jsonify(
+        {"role": principal.role, "csrf_token": session.csrf_token, "expires_at": session.expires_at}
+    )
     response.set_cookie(
-        COOKIE_NAME, session.session_id, max_age=int(ctx.sessions.ttl_s), httponly=True,
-        samesite="Strict", secure=request.scheme == "https", path="/",
+        COOKIE_NAME,
+        session.session_id,
+        max_age=int(ctx.sessions.ttl_s),
+        httponly=True,
+        samesite="Strict",
+        secure=request.scheme == "https",
+        path="/",
     )
     return response, 201
 

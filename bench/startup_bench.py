@@ -1,0 +1,178 @@
+"""`startup`: spawn to READY=1, and the idle footprint after READY.
+
+READY=1 arrives on a fake NOTIFY_SOCKET (an AF_UNIX datagram socket bound here). The time is
+from just before the spawn of `python -m appliance run` to the datagram; the median of 3
+starts on a fresh data directory each, and of 3 restarts on one warm data directory (made
+by one uncounted start). After the last warm READY and a short settle, idle RSS (VmRSS) and
+idle CPU (utime+stime over IDLE_S of wall time, /proc/PID/stat) of the process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench.common import (
+    PROJECT,
+    PYTHON,
+    Figure,
+    child_environment,
+    log,
+    scratch_dir,
+    stop_process,
+    tail,
+)
+
+STARTS = 3
+READY_TIMEOUT_S = 30.0
+SETTLE_S = 2.0
+IDLE_S = 10.0
+TARGET_READY_S = 2.0
+TARGET_RSS_MIB = 160.0
+TARGET_CPU_PCT = 1.0
+
+
+class Started:
+    def __init__(self, proc: subprocess.Popen[bytes], seconds: float, log_path: Path) -> None:
+        self.proc = proc
+        self.seconds = seconds
+        self.log_path = log_path
+
+
+def start_until_ready(root: Path, data_dir: Path, label: str) -> Started:
+    """Spawn the appliance and return once READY=1 arrived on our notify socket."""
+    notify_path = root / f"{label}.notify"
+    notify_path.unlink(missing_ok=True)
+    log_path = root / f"{label}.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        env = child_environment({"NOTIFY_SOCKET": str(notify_path)})
+        args = [
+            PYTHON,
+            "-m",
+            "appliance",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--http",
+            "127.0.0.1:0",
+        ]
+        with log_path.open("wb") as out:
+            began = time.perf_counter()
+            proc = subprocess.Popen(
+                args, env=env, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = began + READY_TIMEOUT_S
+        try:
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise RuntimeError(f"no READY=1 in {READY_TIMEOUT_S} s:\n{tail(log_path)}")
+                if proc.poll() is not None:
+                    raise RuntimeError(f"exited {proc.returncode} before READY:\n{tail(log_path)}")
+                notify.settimeout(min(remaining, 0.25))
+                try:
+                    data = notify.recv(65536)
+                except TimeoutError:
+                    continue
+                if "READY=1" in data.decode(errors="replace").splitlines():
+                    return Started(proc, time.perf_counter() - began, log_path)
+        except BaseException:
+            stop_process(proc)
+            raise
+        finally:
+            notify_path.unlink(missing_ok=True)
+
+
+def _cpu_ticks(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/PID/status")
+
+
+def run() -> list[Figure]:
+    fresh: list[float] = []
+    warm: list[float] = []
+    with scratch_dir("startup") as root:
+        for index in range(STARTS):
+            started = start_until_ready(root, root / f"fresh{index}", f"fresh{index}")
+            stop_process(started.proc)
+            fresh.append(started.seconds)
+            log(f"startup: fresh data dir: READY in {started.seconds:.3f} s")
+        warm_dir = root / "warm"
+        stop_process(start_until_ready(root, warm_dir, "prime").proc)
+        for index in range(STARTS):
+            started = start_until_ready(root, warm_dir, f"warm{index}")
+            warm.append(started.seconds)
+            log(f"startup: warm data dir: READY in {started.seconds:.3f} s")
+            if index < STARTS - 1:
+                stop_process(started.proc)
+        # The last warm process stays up for the idle measurement.
+        pid = started.proc.pid
+        try:
+            time.sleep(SETTLE_S)
+            ticks_per_s = os.sysconf("SC_CLK_TCK")
+            ticks0, wall0 = _cpu_ticks(pid), time.perf_counter()
+            time.sleep(IDLE_S)
+            ticks1, wall1 = _cpu_ticks(pid), time.perf_counter()
+            rss = _rss_mib(pid)
+        finally:
+            code = stop_process(started.proc)
+    cpu_pct = (ticks1 - ticks0) / ticks_per_s / (wall1 - wall0) * 100
+    log(f"startup: idle RSS {rss:.1f} MiB, idle CPU {cpu_pct:.2f} % (exit {code} on SIGTERM)")
+    fresh_median, warm_median = statistics.median(fresh), statistics.median(warm)
+    ready_target = f"< {TARGET_READY_S:g} s"
+    return [
+        Figure(
+            "startup",
+            "spawn to READY=1, fresh data dir",
+            round(fresh_median, 3),
+            "s",
+            ready_target,
+            fresh_median < TARGET_READY_S,
+            details={"starts_s": [round(s, 3) for s in fresh]},
+        ),
+        Figure(
+            "startup",
+            "spawn to READY=1, warm data dir",
+            round(warm_median, 3),
+            "s",
+            ready_target,
+            warm_median < TARGET_READY_S,
+            details={"starts_s": [round(s, 3) for s in warm]},
+        ),
+        Figure(
+            "startup",
+            "idle RSS after READY",
+            round(rss, 1),
+            "MiB",
+            f"< {TARGET_RSS_MIB:g} MiB",
+            rss < TARGET_RSS_MIB,
+            details={"settle_s": SETTLE_S},
+        ),
+        Figure(
+            "startup",
+            f"idle CPU over {IDLE_S:g} s",
+            round(cpu_pct, 3),
+            "%",
+            f"< {TARGET_CPU_PCT:g} %",
+            cpu_pct < TARGET_CPU_PCT,
+            details={
+                "ticks": ticks1 - ticks0,
+                "clk_tck": ticks_per_s,
+                "wall_s": round(wall1 - wall0, 3),
+                "exit_code_on_sigterm": code,
+            },
+        ),
+    ]

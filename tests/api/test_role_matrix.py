@@ -1,0 +1,391 @@
+"""Every endpoint × every kind of caller: the status each one gets, and nothing more.
+
+The endpoint list is the OpenAPI document's `paths`: `test_openapi_lists_exactly_the_tested
+endpoints` fails when an endpoint is added to (or removed from) the document without a row
+here, and `test_every_route_is_documented_and_declares_its_role` fails when a route is
+served but not documented, so a new endpoint cannot slip past the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.auth.sessions import COOKIE_NAME
+
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+CALLERS = ("none", "bogus", "viewer", "operator", "admin")
+RANK = {"viewer": 0, "operator": 1, "admin": 2}
+
+
+@dataclass
+class Case:
+    """What one request needs: how to send it, and what success and refusal must leave."""
+
+    method: str
+    path: str
+    role: str | None  # None: public
+    ok_status: int
+    build: Callable[[Any, str | None], dict[str, Any]]  # (world, secret) -> request kwargs
+    check_ok: Callable[[Any, httpx.Response, dict[str, Any]], None]
+    check_refused: Callable[[Any, dict[str, Any]], None] = lambda world, prepared: None
+
+
+class World:
+    """The shared appliance with one token per role, all created through the API."""
+
+    def __init__(self, appliance, tokens: dict[str, dict]) -> None:
+        self.appliance = appliance
+        self.tokens = tokens
+        self.admin = appliance.client(appliance.token)
+
+    def secret(self, caller: str) -> str | None:
+        if caller == "none":
+            return None
+        if caller == "bogus":
+            # Well-formed, so it is refused for being unknown, not for its shape.
+            return f"apl_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+        return self.tokens[caller]["token"]
+
+    def throwaway_token(self, role: str = "viewer") -> dict:
+        response = self.admin.post(
+            "/api/v1/auth/tokens", json={"name": f"throwaway-{secrets.token_hex(4)}", "role": role}
+        )
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def token_record(self, token_id: str) -> dict | None:
+        listing = self.admin.get("/api/v1/auth/tokens")
+        assert listing.status_code == 200
+        return next((t for t in listing.json()["tokens"] if t["id"] == token_id), None)
+
+    def token_names(self) -> set[str]:
+        listing = self.admin.get("/api/v1/auth/tokens")
+        assert listing.status_code == 200
+        return {t["name"] for t in listing.json()["tokens"]}
+
+    def session_for(self, secret: str) -> str:
+        response = httpx.post(
+            f"{self.appliance.url}/api/v1/auth/session",
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        return response.cookies[COOKIE_NAME]
+
+    def cookie_works(self, cookie: str) -> bool:
+        response = httpx.get(
+            f"{self.appliance.url}/api/v1/auth/me",
+            headers={"Cookie": f"{COOKIE_NAME}={cookie}"},
+            timeout=10,
+        )
+        assert response.status_code in (200, 401), response.text
+        return response.status_code == 200
+
+
+def bearer(secret: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
+# Request builders and checks, one per endpoint.
+
+
+def plain(world: World, secret: str | None) -> dict[str, Any]:
+    return {"headers": bearer(secret)}
+
+
+def ok_json(key: str) -> Callable[[World, httpx.Response, dict], None]:
+    def check(world: World, response: httpx.Response, prepared: dict) -> None:
+        assert response.headers["content-type"].startswith("application/json")
+        assert key in response.json()
+
+    return check
+
+
+def check_metrics(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "appliance_http_requests" in response.text
+
+
+def check_openapi(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["openapi"].startswith("3.")
+
+
+def build_create_token(world: World, secret: str | None) -> dict[str, Any]:
+    name = f"matrix-{secrets.token_hex(4)}"
+    return {"headers": bearer(secret), "json": {"name": name, "role": "viewer"}, "name": name}
+
+
+def check_token_created(world: World, response: httpx.Response, prepared: dict) -> None:
+    body = response.json()
+    assert body["name"] == prepared["name"] and body["role"] == "viewer"
+    assert body["token"].startswith(f"apl_{body['id']}_")
+    assert prepared["name"] in world.token_names()
+
+
+def check_token_not_created(world: World, prepared: dict) -> None:
+    assert prepared["name"] not in world.token_names()
+
+
+def build_revoke(world: World, secret: str | None) -> dict[str, Any]:
+    victim = world.throwaway_token()
+    return {
+        "headers": bearer(secret),
+        "path": f"/api/v1/auth/tokens/{victim['id']}",
+        "victim": victim,
+    }
+
+
+def check_revoked(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["id"] == prepared["victim"]["id"]
+    assert response.json()["revoked_at"] is not None
+    assert world.token_record(prepared["victim"]["id"])["revoked_at"] is not None
+    with world.appliance.client(prepared["victim"]["token"]) as http:
+        assert http.get("/api/v1/auth/me").status_code == 401
+
+
+def check_not_revoked(world: World, prepared: dict) -> None:
+    assert world.token_record(prepared["victim"]["id"])["revoked_at"] is None
+    with world.appliance.client(prepared["victim"]["token"]) as http:
+        assert http.get("/api/v1/auth/me").status_code == 200
+
+
+def check_me(world: World, response: httpx.Response, prepared: dict) -> None:
+    body = response.json()
+    assert body["via_session"] is False
+    owner = next(t for t in world.tokens.values() if t["id"] == body["token_id"])
+    assert (body["name"], body["role"]) == (owner["name"], owner["role"])
+
+
+def build_create_session(world: World, secret: str | None) -> dict[str, Any]:
+    # Without a header the token goes in the body; an empty body names what is missing.
+    return {"headers": bearer(secret)} if secret else {"json": {}}
+
+
+def check_session_created(world: World, response: httpx.Response, prepared: dict) -> None:
+    body = response.json()
+    assert body["role"] in RANK and body["csrf_token"]
+    assert world.cookie_works(response.cookies[COOKIE_NAME])
+
+
+def build_delete_session(world: World, secret: str | None) -> dict[str, Any]:
+    known = {t["token"] for t in world.tokens.values()}
+    if secret not in known:
+        return {"headers": bearer(secret)}
+    cookie = world.session_for(secret)
+    return {"headers": {**bearer(secret), "Cookie": f"{COOKIE_NAME}={cookie}"}, "cookie": cookie}
+
+
+def check_session_deleted(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json() == {"ended": True}
+    assert "max-age=0" in response.headers["set-cookie"].lower()
+    assert not world.cookie_works(prepared["cookie"])
+
+
+def check_backup(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="data.mdb"'
+    assert int(response.headers["content-length"]) == len(response.content) > 0
+
+
+def check_audit_verify(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["ok"] is True
+    assert response.json()["problems"] == []
+
+
+CASES: dict[tuple[str, str], Case] = {
+    (case.method, case.path): case
+    for case in [
+        Case("GET", "/api/v1/health", None, 200, plain, ok_json("status")),
+        Case("GET", "/api/v1/openapi.json", None, 200, plain, check_openapi),
+        Case("GET", "/api/v1/metrics", "viewer", 200, plain, check_metrics),
+        Case("GET", "/metrics", "viewer", 200, plain, check_metrics),
+        Case("GET", "/api/v1/auth/me", "viewer", 200, plain, check_me),
+        Case(
+            "POST", "/api/v1/auth/session", None, 201, build_create_session, check_session_created
+        ),
+        Case(
+            "DELETE",
+            "/api/v1/auth/session",
+            "viewer",
+            200,
+            build_delete_session,
+            check_session_deleted,
+        ),
+        Case("GET", "/api/v1/auth/tokens", "admin", 200, plain, ok_json("tokens")),
+        Case(
+            "POST",
+            "/api/v1/auth/tokens",
+            "admin",
+            201,
+            build_create_token,
+            check_token_created,
+            check_token_not_created,
+        ),
+        Case(
+            "DELETE",
+            "/api/v1/auth/tokens/{token_id}",
+            "admin",
+            200,
+            build_revoke,
+            check_revoked,
+            check_not_revoked,
+        ),
+        Case("POST", "/api/v1/admin/backup", "admin", 200, plain, check_backup),
+        Case("GET", "/api/v1/audit", "admin", 200, plain, ok_json("entries")),
+        Case("GET", "/api/v1/audit/verify", "admin", 200, plain, check_audit_verify),
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def world(shared_appliance):
+    tokens = {}
+    with shared_appliance.client(shared_appliance.token) as http:
+        for role in RANK:
+            response = http.post(
+                "/api/v1/auth/tokens", json={"name": f"matrix-{role}", "role": role}
+            )
+            assert response.status_code == 201, response.text
+            tokens[role] = response.json()
+    world = World(shared_appliance, tokens)
+    yield world
+    world.admin.close()
+
+
+def operations(document: dict) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+
+
+def documented_role(operation: dict) -> str | None:
+    if operation.get("security") == []:
+        return None
+    match = re.search(r"Needs the `(\w+)` role", operation["description"])
+    assert match, f"the operation names no role: {operation['description']!r}"
+    return match.group(1)
+
+
+def test_openapi_lists_exactly_the_tested_endpoints(shared_appliance):
+    with shared_appliance.client() as http:
+        response = http.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    documented = operations(document)
+    assert documented, "the OpenAPI document lists no operations"
+    assert documented == set(CASES)
+    for (method, path), case in CASES.items():
+        operation = document["paths"][path][method.lower()]
+        assert documented_role(operation) == case.role, (method, path)
+        assert str(case.ok_status) in operation["responses"], (method, path)
+
+
+def test_every_route_is_documented_and_declares_its_role():
+    """The served routes are exactly the documented ones, each guarded by @requires/@public.
+
+    The app is built (not served) in a child process, to keep this one's imports clean.
+    `/api/v1/health` is answered by the ASGI front before the quart app, without a guard.
+    """
+    script = (
+        "import json\n"
+        "import appliance.runtime\n"
+        "from appliance.api import ApiContext, create_app\n"
+        "from appliance.api.guard import ROLE_ATTRIBUTE\n"
+        "from appliance.api.front import HEALTH_PATH\n"
+        "from appliance.settings import Settings\n"
+        "ctx = ApiContext(settings=Settings, store=None, tokens=None, sessions=None,\n"
+        "                 audit=None, limiter=None, health=None, metrics=None)\n"
+        "front = create_app(ctx)\n"
+        "app = front.app\n"
+        "rows = [['GET', HEALTH_PATH, True, None]]  # answered by the ASGI front, public\n"
+        "for rule in app.url_map.iter_rules():\n"
+        "    view = app.view_functions[rule.endpoint]\n"
+        "    for method in sorted(rule.methods - {'HEAD', 'OPTIONS'}):\n"
+        "        rows.append([method, rule.rule, hasattr(view, ROLE_ATTRIBUTE),\n"
+        "                     getattr(view, ROLE_ATTRIBUTE, None)])\n"
+        "print(json.dumps(rows))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    served = {}
+    for method, rule, declared, role in json.loads(result.stdout):
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
+        served[(method, path)] = (declared, role)
+    assert set(served) == set(CASES), (
+        f"served, not documented: {sorted(set(served) - set(CASES))}; "
+        f"documented, not served: {sorted(set(CASES) - set(served))}"
+    )
+    for key, (declared, role) in served.items():
+        assert declared, f"{key} has neither @requires nor @public"
+        assert role == CASES[key].role, key
+
+
+def test_the_api_package_imports_on_its_own():
+    """`import appliance.api` in a fresh interpreter (a tool, a test, a docs build) works."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import appliance.api"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def expected_status(case: Case, caller: str) -> tuple[int, str | None]:
+    """(status, problem code or None for success)."""
+    if case.role is None:
+        if case.path == "/api/v1/auth/session" and case.method == "POST":
+            if caller == "none":
+                return 422, "validation_failed"
+            if caller == "bogus":
+                return 401, "unauthenticated"
+        return case.ok_status, None
+    if caller in ("none", "bogus"):
+        return 401, "unauthenticated"
+    if RANK[caller] < RANK[case.role]:
+        return 403, "forbidden"
+    return case.ok_status, None
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("key", list(CASES), ids=[f"{m} {p}" for m, p in CASES])
+def test_role_matrix(world, assert_problem, key, caller):
+    case = CASES[key]
+    secret = world.secret(caller)
+    prepared = case.build(world, secret)
+    path = prepared.get("path", case.path)
+    kwargs = {k: v for k, v in prepared.items() if k in ("headers", "json")}
+    with httpx.Client(base_url=world.appliance.url, timeout=10) as http:
+        response = http.request(case.method, path, **kwargs)
+
+    status, code = expected_status(case, caller)
+    if code is None:
+        assert response.status_code == status, response.text
+        assert "www-authenticate" not in response.headers
+        case.check_ok(world, response, prepared)
+        return
+    body = assert_problem(response, status, code)
+    if status == 401:
+        assert response.headers["www-authenticate"] == 'Bearer realm="appliance"'
+        assert body["detail"] == (
+            "unknown token"
+            if caller == "bogus"
+            else "credentials required: 'Authorization: Bearer <token>'"
+        )
+    else:
+        assert "www-authenticate" not in response.headers
+    if status == 403:
+        assert case.role in body["detail"] and caller in body["detail"]
+    case.check_refused(world, prepared)
