@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -272,14 +273,16 @@ def _store_gauges(store: Store) -> dict[str, tuple[str, float]]:
 
 
 def _check_tls(settings: Settings) -> None:
-    for key, path in (
-        ("http.tls_cert", settings.http.tls_cert),
-        ("http.tls_key", settings.http.tls_key),
-    ):
-        if path is not None and not os.access(path, os.R_OK):
-            raise SettingsError(key, f"cannot read {path}")
-    if settings.http.tls_key is not None and settings.http.tls_cert is None:
+    """Load the certificate once before starting, so a bad one is a settings error (78)."""
+    cert, key = settings.http.tls_cert, settings.http.tls_key
+    if key is not None and cert is None:
         raise SettingsError("http.tls_key", "set http.tls_cert as well")
+    if cert is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError("http.tls_cert", f"cannot load {cert}: {exc}") from None
 
 
 def listen_fds_http(environ: dict[str, str], pid: int) -> int | None:
