@@ -9,6 +9,7 @@ security headers as every other response. Everything else goes to the quart app.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from appliance.api.context import ApiContext
@@ -17,6 +18,9 @@ from appliance.api.security import ENCODED_SECURITY_HEADERS, HSTS
 
 HEALTH_PATH = "/api/v1/health"
 HEALTH_METHODS = ("GET", "HEAD")
+# Health is computed at most this often however hard it is polled, so a flood of probes
+# cannot keep the store busy; a change of phase (starting/ok/stopping) shows at once.
+HEALTH_CACHE_S = 0.1
 _HSTS = (HSTS[0].lower().encode(), HSTS[1].encode())
 
 
@@ -29,6 +33,24 @@ class Front:
     def __init__(self, app: Any, ctx: ApiContext) -> None:
         self.app = app
         self.ctx = ctx
+        self._cached: tuple[float, str, int, bytes] = (-1.0, "", 0, b"")
+        self._counters: dict[tuple[str, int], Any] = {}
+
+    def _health_body(self) -> tuple[int, bytes]:
+        now = time.monotonic()
+        stamp, phase, status, body = self._cached
+        if now - stamp > HEALTH_CACHE_S or phase != self.ctx.health.phase:
+            status, body = health_body(self.ctx)
+            self._cached = (now, self.ctx.health.phase, status, body)
+        return status, body
+
+    def _count(self, method: str, status: int) -> None:
+        key = (method if method in HEALTH_METHODS else "other", status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self.ctx.metrics.requests.labels(key[0], HEALTH_PATH, f"{status // 100}xx")
+            self._counters[key] = counter
+        counter.inc()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == HEALTH_PATH:
@@ -39,7 +61,7 @@ class Front:
     async def _health(self, scope: dict, send: Any) -> None:
         method = scope["method"]
         if method in HEALTH_METHODS:
-            status, body = health_body(self.ctx)
+            status, body = self._health_body()
             headers = [(b"content-type", b"application/json")]
         else:
             problem = Problem(
@@ -55,5 +77,4 @@ class Front:
             headers.append(_HSTS)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
-        label = method if method in ("GET", "HEAD") else "other"
-        self.ctx.metrics.requests.labels(label, HEALTH_PATH, f"{status // 100}xx").inc()
+        self._count(method, status)
