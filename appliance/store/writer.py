@@ -1,9 +1,9 @@
 """The group-commit writer: many callers' write functions, one durable transaction.
 
 Callers hand a function `fn(txn) -> result` to `submit`. One task drains the bounded queue
-into a batch and runs the whole batch in a worker thread: one LMDB write transaction, each
-function in a nested transaction of its own (so one that raises is rolled back alone and
-fails only its caller), then one synchronous commit. Every caller is told its result only
+into a batch and runs the whole batch in a worker thread: one LMDB write transaction, then
+one synchronous commit. A function that raises is rolled back alone and fails only its
+caller (the batch is rerun with a nested transaction per function, see `_commit`). Every caller is told its result only
 after that commit returned, i.e. after fsync: an acknowledged write is on disk.
 
 While one batch commits, the next one gathers in the queue, so under load each fsync
@@ -132,13 +132,19 @@ class GroupCommitWriter:
             self.batch_started_at = None
 
     def _commit(self, batch: list[_Request[Any]]) -> None:
+        """Run the batch flat in one transaction; if any function raises, run it again with
+        a nested transaction per function, so only the failing ones are rolled back.
+
+        Nested transactions cost LMDB a large allocation each, and failures are rare (most
+        are refused before they reach the store), so the common case stays flat."""
         parent = self._begin_write(None)
         try:
-            for request in batch:
-                request.result = None
-                if request.abandoned:
-                    continue
-                request.result = self._run_one(parent, request.fn)
+            if not self._run_flat(parent, batch):
+                parent.abort()
+                parent = self._begin_write(None)
+                for request in batch:
+                    if not request.abandoned:
+                        request.result = self._run_nested(parent, request.fn)
             parent.commit()  # the environment is opened with sync=True: this fsyncs
         except lmdb.MapFullError:  # saving the free-page list may need pages too
             parent.abort()
@@ -148,13 +154,28 @@ class GroupCommitWriter:
             raise
         self.writes += sum(1 for r in batch if isinstance(r.result, outcome.Value))
 
-    def _run_one(self, parent: lmdb.Transaction, fn: Callable[[Any], Any]) -> outcome.Outcome:
+    def _run_flat(self, parent: lmdb.Transaction, batch: list[_Request[Any]]) -> bool:
+        """Every function straight in `parent`; False as soon as one raises."""
+        txn = self._wrap(parent)
+        for request in batch:
+            request.result = None
+            if request.abandoned:
+                continue
+            try:
+                request.result = outcome.Value(request.fn(txn))
+            except lmdb.MapFullError:
+                raise
+            except Exception:
+                return False
+        return True
+
+    def _run_nested(self, parent: lmdb.Transaction, fn: Callable[[Any], Any]) -> outcome.Outcome:
         child = self._begin_write(parent)
         try:
             result = fn(self._wrap(child))
         except lmdb.MapFullError:
             child.abort()
-            raise _Grow() from None
+            raise
         except (lmdb.Error, OSError) as exc:
             child.abort()
             return outcome.Error(self._translate(exc, "write"))
