@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.auth.errors import CsrfRejected, Unauthenticated
@@ -97,6 +96,3 @@ def _purge_expired(txn: WriteTxn, now: float) -> None:
     ][:PURGE_PER_WRITE]
     for key in expired:
         txn.delete("sessions", key)
-
-
-SessionWrite = Callable[[WriteTxn], None]

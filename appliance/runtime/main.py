@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import ssl
 from dataclasses import dataclass, field, replace
 
@@ -142,7 +141,14 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
 
     rt.notifier.notify(STATUS="starting the HTTP server")
     http_done = trio.Event()
-    binds = await nursery.start(_run_http, create_app(ctx), rt, http_done)
+    try:
+        binds = await nursery.start(_run_http, create_app(ctx), rt, http_done)
+    except BaseExceptionGroup as group:  # it failed before it listened: say why in one line
+        cause = _sole_cause(group)
+        if not isinstance(cause, OSError):
+            raise
+        reason = cause.strerror or str(cause)
+        raise StartupError(f"cannot listen for HTTP on {settings.http.listen}: {reason}") from None
     rt.health.set("http", "ok", ", ".join(binds))
 
     endpoints = {"http": http_url(binds[0])}
@@ -170,23 +176,8 @@ async def _run_http(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    started = False
-
-    def report(binds: list[str]) -> None:
-        nonlocal started
-        started = True
-        task_status.started(binds)
-
     try:
-        await serve_http(app, rt.settings, rt.stop_requested, task_status=_Reporter(report))
-    except BaseExceptionGroup as group:
-        cause = _sole_cause(group)
-        if started or not isinstance(cause, OSError):
-            raise
-        listen = rt.settings.http.listen
-        raise StartupError(
-            f"cannot listen for HTTP on {listen}: {cause.strerror or cause}"
-        ) from cause
+        await serve_http(app, rt.settings, rt.stop_requested, task_status=task_status)
     finally:
         done.set()
     if not rt.stop_requested.is_set():
@@ -247,13 +238,6 @@ async def _watchdog(
         await trio.sleep(interval)
 
 
-class _Reporter:
-    """A task status that tells us when hypercorn has bound its sockets."""
-
-    def __init__(self, report) -> None:
-        self.started = report
-
-
 def _store_health(store: Store) -> ComponentHealth:
     if not store.healthy():
         return ComponentHealth("down", "the store does not answer or a commit is stuck")
@@ -283,21 +267,3 @@ def _check_tls(settings: Settings) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise SettingsError("http.tls_cert", f"cannot load {cert}: {exc}") from None
-
-
-def listen_fds_http(environ: dict[str, str], pid: int) -> int | None:
-    """The inherited HTTP socket under socket activation (`LISTEN_FDS`), if there is one."""
-    if environ.get("LISTEN_PID") != str(pid) or not environ.get("LISTEN_FDS", "").isdigit():
-        return None
-    count = int(environ["LISTEN_FDS"])
-    names = environ.get("LISTEN_FDNAMES", "").split(":")
-    for offset in range(count):
-        fd = 3 + offset
-        if (names[offset] if offset < len(names) else "") in ("http", ""):
-            sock = socket.socket(fileno=fd)
-            try:
-                if sock.type == socket.SOCK_STREAM:
-                    return fd
-            finally:
-                sock.detach()
-    return None

@@ -3,8 +3,9 @@
 Callers hand a function `fn(txn) -> result` to `submit`. One task drains the bounded queue
 into a batch and runs the whole batch in a worker thread: one LMDB write transaction, then
 one synchronous commit. A function that raises is rolled back alone and fails only its
-caller (the batch is rerun with a nested transaction per function, see `_commit`). Every caller is told its result only
-after that commit returned, i.e. after fsync: an acknowledged write is on disk.
+caller (the batch is rerun with a nested transaction per function, see `_commit`). Every
+caller is told its result only after that commit returned, i.e. after fsync: an
+acknowledged write is on disk.
 
 While one batch commits, the next one gathers in the queue, so under load each fsync
 carries many writes; alone, a write costs one commit, as it would without batching.

@@ -51,7 +51,7 @@ async def list_tokens() -> Response:
 @blueprint.delete("/api/v1/auth/tokens/<token_id>")
 @requires("admin")
 async def revoke_token(token_id: str) -> Response:
-    if context().tokens.get(token_id) is None:
+    if context().tokens.get(token_id) is None:  # also refuses ids that cannot be keys
         raise Problem(404, "token_not_found", f"no token {token_id!r}")
     try:
         record = await context().tokens.revoke(token_id)
