@@ -1,0 +1,1 @@
+"""Kernels: events (see docs/kernels.md)."""

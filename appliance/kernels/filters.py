@@ -1,0 +1,1 @@
+"""Kernels: filters (see docs/kernels.md)."""

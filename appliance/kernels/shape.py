@@ -1,0 +1,1 @@
+"""Kernels: shape (see docs/kernels.md)."""

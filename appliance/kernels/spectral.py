@@ -1,0 +1,1 @@
+"""Kernels: spectral (see docs/kernels.md)."""
