@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,41 +21,76 @@ from pathlib import Path
 import httpx
 import pytest
 
-START_TIMEOUT_S = 30.0
+# The first start of a run compiles every kernel (cold numba cache); later ones load them.
+START_TIMEOUT_S = 180.0
+
+# One numba cache for the test run and every appliance it starts ($NUMBA_CACHE_DIR wins
+# over the data dir's cache), so only the first process pays for compiling the kernels.
+# Set before anything imports numba.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "numba")
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels() -> None:
+    """Fill the shared numba cache once, before any appliance starts, so that every start
+    in the run loads its kernels instead of compiling them (and they don't race to)."""
+    from appliance.kernels import load_kernels, warm_all
+
+    warm_all(load_kernels(None), lambda done, total, name: None)
 
 
 class FakeNotifySocket:
-    """A datagram socket standing in for systemd's notify socket."""
+    """A datagram socket standing in for systemd's notify socket. Like systemd it reads all
+    the time (a thread of the test process), since the kernel queues only a few datagrams
+    and the appliance drops what does not fit rather than block."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.setblocking(False)
         self.messages: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[dict[str, str]]:
+    def _read(self) -> None:
         while True:
             try:
                 data = self.sock.recv(65536)
-            except BlockingIOError:
-                return self.messages
+            except OSError:
+                return
+            if not data:
+                return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
-            self.messages.append(fields)
+            with self._lock:
+                self.messages.append(fields)
 
-    def wait_for(self, key: str, value: str | None = None, timeout: float = 20.0) -> dict:
+    def drain(self) -> list[dict[str, str]]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(
+        self, key: str, value: str | None = None, timeout: float = START_TIMEOUT_S
+    ) -> dict:
         deadline = time.monotonic() + timeout
         seen = 0
         while time.monotonic() < deadline:
-            self.drain()
-            for message in self.messages[seen:]:
+            messages = self.drain()
+            for message in messages[seen:]:
                 if key in message and (value is None or message[key] == value):
                     return message
-            seen = len(self.messages)
+            seen = len(messages)
             time.sleep(0.02)
         raise AssertionError(f"no {key}={value} notification in {timeout} s: {self.messages}")
 
     def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return  # closed already
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker:
+            waker.sendto(b"", str(self.path))  # an empty datagram ends the reader
+        self._reader.join(timeout=5)
         self.sock.close()
 
 
@@ -167,6 +203,7 @@ def start_appliance(tmp_path: Path) -> Iterator[Callable[..., ApplianceProcess]]
         if process.proc.poll() is None:
             process.proc.send_signal(signal.SIGKILL)
             process.proc.wait()
+        process.stop()  # the process is gone: this closes its log and notify socket
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import time
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from appliance.api.context import ApiContext
 from appliance.api.front import Front
 from appliance.api.guard import MUTATING, identify
 from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
-from appliance.api.routes import admin, auth, system
+from appliance.api.routes import admin, auth, system, tasks
 from appliance.api.security import HSTS, SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
@@ -26,14 +26,16 @@ def create_app(ctx: ApiContext) -> Front:
     settings = ctx.settings()
     app.config.update(
         APPLIANCE=ctx,
-        MAX_CONTENT_LENGTH=settings.http.max_body_bytes,
+        # The largest any route takes; `before` narrows it per route (see body_limit).
+        MAX_CONTENT_LENGTH=max(settings.http.max_body_bytes, settings.tasks.max_input_bytes),
         BODY_TIMEOUT=30,
         RESPONSE_TIMEOUT=None,
         JSON_SORT_KEYS=False,
         PROPAGATE_EXCEPTIONS=False,
+        PROVIDE_AUTOMATIC_OPTIONS=False,  # no CORS here: OPTIONS is a 405 like any other
     )
     app.json.sort_keys = False
-    for module in (system, auth, admin):
+    for module in (system, auth, admin, tasks):
         app.register_blueprint(module.blueprint)
 
     @app.before_request
@@ -41,6 +43,7 @@ def create_app(ctx: ApiContext) -> Front:
         g.started = time.perf_counter()
         g.principal = None
         g.auth_error = None
+        _limit_body(ctx)
         await identify()
 
     @app.errorhandler(Exception)
@@ -66,11 +69,29 @@ def create_app(ctx: ApiContext) -> Front:
         ctx.metrics.requests.labels(method, route, f"{response.status_code // 100}xx").inc()
         if "started" in g:
             ctx.metrics.latency.labels(route).observe(time.perf_counter() - g.started)
-        if request.method in MUTATING or response.status_code in (401, 403):
+        # Every change and every refused credential is audited; a 429 touched nothing and
+        # would only let a client fill the log at the rate limit.
+        audited = request.method in MUTATING or response.status_code in (401, 403)
+        if audited and response.status_code != 429:
             await _audit(ctx, route, response)
         return response
 
     return Front(app, ctx)
+
+
+LARGE_BODY_ENDPOINTS = frozenset({"tasks.submit_task"})
+
+
+def _limit_body(ctx: ApiContext) -> None:
+    """Task submissions may be large (tasks.max_input_bytes); every other body is held to
+    http.max_body_bytes. Quart fixes a request's limit when it builds the body, so the
+    per-route limit is set on the body itself, before anything is read."""
+    settings = ctx.settings()
+    large = request.url_rule is not None and request.url_rule.endpoint in LARGE_BODY_ENDPOINTS
+    limit = settings.tasks.max_input_bytes if large else settings.http.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    request.body._max_content_length = limit
 
 
 async def _audit(ctx: ApiContext, route: str, response: Response) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from appliance.api.metrics import Metrics
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
@@ -25,3 +25,5 @@ class ApiContext:
     limiter: RateLimiter
     health: Health
     metrics: Metrics
+    kernels: dict[str, Any] = field(default_factory=dict)  # name -> appliance.kernels.Kernel
+    scheduler: Any = None  # appliance.tasks.Scheduler once the task nursery runs

@@ -1,1 +1,218 @@
-"""Kernels: filters (see docs/kernels.md)."""
+"""Linear filters that stream: each call returns the filter `state` to pass with the next
+chunk, so filtering a signal in chunks gives exactly what filtering it at once gives.
+
+The state must round-trip through JSON parameters, which are finite numbers only, and an
+IIR filter never forgets a NaN; so these kernels refuse non-finite input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from appliance.kernels.params import ParamError, choice, number, number_array, schema
+from appliance.kernels.registry import register
+from appliance.kernels.spec import InputRules, Kernel, Outputs
+
+_FINITE_ONLY = InputRules(
+    allow_nonfinite=False,
+    nonfinite="Refused (input error nonfinite_input): a NaN or inf would poison the filter "
+    "state, which must be finite to be passed back as a parameter.",
+)
+
+
+def design_biquad(
+    kind: str, cutoff_hz: float, sample_rate_hz: float, q: float
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(b, a) of an RBJ Audio EQ Cookbook biquad, normalised so that a[0] == 1.
+
+    `kind` is lowpass, highpass or bandpass (the cookbook's constant 0 dB peak gain
+    band-pass, centred on `cutoff_hz`). Raises `ParamError` on `params.cutoff_hz` unless
+    0 < cutoff_hz < sample_rate_hz / 2."""
+    nyquist = sample_rate_hz / 2
+    if not 0 < cutoff_hz < nyquist:
+        raise ParamError(
+            [
+                {
+                    "field": "params.cutoff_hz",
+                    "message": f"must be > 0 and < the Nyquist frequency {nyquist:g} Hz "
+                    "(sample_rate_hz / 2)",
+                }
+            ]
+        )
+    w0 = 2 * math.pi * cutoff_hz / sample_rate_hz
+    cos_w0 = math.cos(w0)
+    alpha = math.sin(w0) / (2 * q)
+    # 1 - cos(w0) written as 2·sin²(w0/2): no cancellation for cutoffs far below Nyquist.
+    one_minus_cos = 2 * math.sin(w0 / 2) ** 2
+    if kind == "lowpass":
+        b = (one_minus_cos / 2, one_minus_cos, one_minus_cos / 2)
+    elif kind == "highpass":
+        one_plus_cos = 2 - one_minus_cos
+        b = (one_plus_cos / 2, -one_plus_cos, one_plus_cos / 2)
+    elif kind == "bandpass":
+        b = (alpha, 0.0, -alpha)
+    else:
+        raise ParamError([{"field": "params.kind", "message": f"unknown filter kind {kind!r}"}])
+    a0 = 1 + alpha
+    return (b[0] / a0, b[1] / a0, b[2] / a0), (1.0, -2 * cos_w0 / a0, (1 - alpha) / a0)
+
+
+@njit(nogil=True, cache=True)
+def _biquad(x, b0, b1, b2, a1, a2, z1, z2, out):
+    """Transposed direct form II, as scipy.signal.lfilter; returns the final (z1, z2)."""
+    for i in range(x.size):
+        value = np.float64(x[i])
+        y = b0 * value + z1
+        z1 = b1 * value - a1 * y + z2
+        z2 = b2 * value - a2 * y
+        out[i] = y
+    return z1, z2
+
+
+def run_biquad(x: np.ndarray, params: dict) -> Outputs:
+    (b0, b1, b2), (_, a1, a2) = design_biquad(
+        params["kind"], params["cutoff_hz"], params["sample_rate_hz"], params["q"]
+    )
+    z1, z2 = params.get("state") or (0.0, 0.0)
+    out = np.empty(x.size, dtype=x.dtype)
+    z1, z2 = _biquad(x, b0, b1, b2, a1, a2, float(z1), float(z2), out)
+    return {"y": out, "state": [float(z1), float(z2)]}
+
+
+register(
+    Kernel(
+        name="biquad",
+        summary="Second-order IIR filter (RBJ cookbook low-, high- or band-pass), in "
+        "transposed direct form II, streaming across chunks.",
+        params=schema(
+            {
+                "kind": choice(
+                    "lowpass",
+                    "highpass",
+                    "bandpass",
+                    default="lowpass",
+                    description="filter response; bandpass has 0 dB gain at cutoff_hz",
+                ),
+                "cutoff_hz": number(
+                    exclusive_minimum=0.0,
+                    description="corner (centre, for bandpass) frequency in Hz; "
+                    "must be below sample_rate_hz / 2",
+                ),
+                "sample_rate_hz": number(
+                    exclusive_minimum=0.0, description="sampling rate of the input in Hz"
+                ),
+                "q": number(
+                    exclusive_minimum=0.0,
+                    maximum=1000.0,
+                    default=0.7071,
+                    description="quality factor; 0.7071 is a Butterworth response",
+                ),
+                "state": number_array(
+                    2,
+                    2,
+                    description="[z1, z2] from the previous chunk's `state`, "
+                    "to continue a stream; default [0, 0]",
+                ),
+            },
+            required=("cutoff_hz", "sample_rate_hz"),
+        ),
+        output={
+            "y": "the filtered series, same length and dtype as the input",
+            "state": "[z1, z2] after the last sample, to pass as `state` with the next chunk",
+        },
+        run=run_biquad,
+        example={
+            "params": {"kind": "lowpass", "cutoff_hz": 100.0, "sample_rate_hz": 1000.0},
+            "input": [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        },
+        inputs=_FINITE_ONLY,
+    )
+)
+
+
+_FIR_BLOCK = 512  # outputs accumulated together: the block stays in L1 for every tap
+
+
+@njit(nogil=True, cache=True)
+def _fir(x, taps, history, out):
+    """out[i] = Σ taps[k]·x[i-k], where x[-j] is history[-j] (the previous chunk's tail).
+
+    Every output sums its products in the same order (k = 0, 1, ...) whichever loop
+    computes it, so a stream filtered in chunks matches it filtered at once to the bit."""
+    order = history.size  # == taps.size - 1
+    head = min(order, x.size)
+    for i in range(head):  # outputs that reach back into the history
+        total = 0.0
+        for k in range(taps.size):
+            j = i - k
+            total += taps[k] * (np.float64(x[j]) if j >= 0 else history[order + j])
+        out[i] = total
+    # Taps outermost over a block of outputs: the inner loop vectorises without reordering
+    # any output's sum.
+    totals = np.empty(_FIR_BLOCK)
+    for start in range(head, x.size, _FIR_BLOCK):
+        size = min(_FIR_BLOCK, x.size - start)
+        totals[:size] = 0.0
+        for k in range(taps.size):
+            tap = taps[k]
+            delayed = x[start - k : start - k + size]  # a view: plain indices, no wraparound
+            for i in range(size):
+                totals[i] += tap * np.float64(delayed[i])
+        for i in range(size):
+            out[start + i] = totals[i]
+
+
+def run_fir(x: np.ndarray, params: dict) -> Outputs:
+    taps = np.asarray(params["taps"], dtype=np.float64)
+    order = taps.size - 1
+    state = params.get("state")
+    if state is None:
+        history = np.zeros(order)
+    elif len(state) == order:
+        history = np.asarray(state, dtype=np.float64)
+    else:
+        raise ParamError(
+            [
+                {
+                    "field": "params.state",
+                    "message": f"expected {order} items (len(taps) - 1), got {len(state)}",
+                }
+            ]
+        )
+    out = np.empty(x.size, dtype=x.dtype)
+    _fir(x, taps, history, out)
+    tail = x[x.size - order :] if x.size >= order else np.concatenate([history[x.size :], x])
+    return {"y": out, "state": [float(value) for value in tail]}
+
+
+register(
+    Kernel(
+        name="fir",
+        summary="FIR filter: y[i] = Σ taps[k]·x[i-k], streaming across chunks.",
+        params=schema(
+            {
+                "taps": number_array(
+                    1, 1024, description="filter coefficients, taps[0] applied to the newest sample"
+                ),
+                "state": number_array(
+                    0,
+                    1023,
+                    description="the previous chunk's `state`: its last len(taps) - 1 "
+                    "input samples, oldest first; default zeros",
+                ),
+            },
+            required=("taps",),
+        ),
+        output={
+            "y": "the filtered series, same length and dtype as the input",
+            "state": "the last len(taps) - 1 input samples, oldest first, to pass as `state` "
+            "with the next chunk",
+        },
+        run=run_fir,
+        example={"params": {"taps": [0.25, 0.5, 0.25]}, "input": [0.0, 4.0, 0.0, 4.0, 0.0]},
+        inputs=_FINITE_ONLY,
+    )
+)

@@ -1,1 +1,271 @@
-"""Kernels: shape (see docs/kernels.md)."""
+"""The shape of a window: downsampling for display (LTTB), histogram and quantiles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from appliance.kernels.params import ParamError, integer, number_array, schema
+from appliance.kernels.registry import register
+from appliance.kernels.spec import InputError, InputRules, Kernel, Outputs
+
+
+@njit(nogil=True, cache=True)
+def _lttb(y, threshold):
+    """Largest-Triangle-Three-Buckets (Steinarsson 2013) over the points (i, y[i]).
+
+    Requires y.size > threshold ≥ 3. The first and last points are kept; the others are
+    split into threshold - 2 buckets, and from each bucket the point that makes the largest
+    triangle with the previously kept point and the mean of the next bucket is kept.
+    """
+    n = y.size
+    every = (n - 2) / (threshold - 2)
+    keep = np.empty(threshold, dtype=np.int64)
+    keep[0] = 0
+    a = 0
+    for bucket in range(threshold - 2):
+        next_start = math.floor((bucket + 1) * every) + 1
+        next_end = min(math.floor((bucket + 2) * every) + 1, n)
+        mean_x = 0.0
+        mean_y = 0.0
+        for j in range(next_start, next_end):
+            mean_x += j
+            mean_y += np.float64(y[j])
+        mean_x /= next_end - next_start
+        mean_y /= next_end - next_start
+        start = math.floor(bucket * every) + 1
+        end = math.floor((bucket + 1) * every) + 1
+        ax = float(a)
+        ay = np.float64(y[a])
+        best_area = -1.0
+        best = start
+        for j in range(start, end):
+            area = abs((ax - mean_x) * (np.float64(y[j]) - ay) - (ax - j) * (mean_y - ay)) * 0.5
+            if area > best_area:
+                best_area = area
+                best = j
+        keep[bucket + 1] = best
+        a = best
+    keep[threshold - 1] = n - 1
+    return keep
+
+
+def run_lttb(x: np.ndarray, params: dict) -> Outputs:
+    if x.size <= params["threshold"]:
+        indices = np.arange(x.size, dtype=np.int64)
+    else:
+        indices = _lttb(x, params["threshold"])
+    return {"indices": indices, "values": x[indices]}
+
+
+register(
+    Kernel(
+        name="lttb",
+        summary="Downsample (index, value) points for display with Largest-Triangle-Three-Buckets.",
+        params=schema(
+            {
+                "threshold": integer(
+                    3,
+                    10_000_000,
+                    default=1000,
+                    description="number of points to keep (about a chart's pixel width); "
+                    "a window of at most this many points is returned unchanged",
+                ),
+            }
+        ),
+        output={
+            "indices": "int64 indices of the kept samples, ascending, always including the "
+            "first and the last",
+            "values": "the kept samples, in the input dtype",
+        },
+        run=run_lttb,
+        example={
+            "params": {"threshold": 4},
+            "input": [0.0, 1.0, 0.0, 5.0, 0.0, 1.0, 0.0, -4.0, 0.0, 1.0],
+        },
+        inputs=InputRules(
+            allow_nonfinite=False,
+            nonfinite="Refused: triangle areas with NaN or inf cannot be compared.",
+        ),
+    )
+)
+
+
+@njit(nogil=True, cache=True)
+def _finite_range(x):
+    """(min, max, found) over the finite samples."""
+    low = np.inf
+    high = -np.inf
+    for value in x:
+        if np.isfinite(value):
+            low = min(low, np.float64(value))
+            high = max(high, np.float64(value))
+    return low, high, low <= high
+
+
+@njit(nogil=True, cache=True)
+def _histogram(x, edges, counts):
+    """Count x into the equal-width bins given by `edges` the way numpy.histogram does;
+    return (nan_count, outside_count)."""
+    bins = counts.size
+    first = edges[0]
+    last = edges[bins]
+    span = last - first
+    nans = 0
+    outside = 0
+    for value in x:
+        v = np.float64(value)
+        if np.isnan(v):
+            nans += 1
+            continue
+        if not first <= v <= last:
+            outside += 1
+            continue
+        # numpy's arithmetic, so edge cases land in the same bin: a scaled index, then a
+        # correction by one when rounding put the value across a computed edge.
+        index = int((v - first) / span * bins)
+        if index == bins:
+            index -= 1
+        if v < edges[index]:
+            index -= 1
+        if v >= edges[index + 1] and index != bins - 1:
+            index += 1
+        counts[index] += 1
+    return nans, outside
+
+
+def run_histogram(x: np.ndarray, params: dict) -> Outputs:
+    bins = params["bins"]
+    chosen = params.get("range")
+    if chosen is not None:
+        low, high = chosen
+        if not low < high or not math.isfinite(high - low):
+            raise ParamError(
+                [{"field": "params.range", "message": "expected [lo, hi] with lo < hi"}]
+            )
+    else:
+        low, high, found = _finite_range(x)
+        if not found:
+            low, high = 0.0, 1.0
+        elif low == high:
+            low, high = low - 0.5, high + 0.5
+        if not math.isfinite(high - low):
+            raise InputError("range_overflow", "the data span overflows float64; pass range")
+    edges = np.linspace(float(low), float(high), bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    nans, outside = _histogram(x, edges, counts)
+    return {"counts": counts, "edges": edges, "nan_count": int(nans), "outside_count": int(outside)}
+
+
+register(
+    Kernel(
+        name="histogram",
+        summary="Counts in equal-width bins, like numpy.histogram; NaN is counted apart.",
+        params=schema(
+            {
+                "bins": integer(1, 4096, default=10, description="number of bins"),
+                "range": number_array(
+                    2,
+                    2,
+                    description="[lo, hi] with lo < hi; samples outside are not binned. "
+                    "Default: the min and max of the finite samples (±0.5 if equal, "
+                    "[0, 1] if there are none)",
+                ),
+            }
+        ),
+        output={
+            "counts": "int64 count per bin; bins are [e_i, e_i+1) except the last, which is closed",
+            "edges": "float64 bin edges, bins + 1 of them",
+            "nan_count": "number of NaN samples (never binned)",
+            "outside_count": "number of non-NaN samples outside the range, ±inf included",
+        },
+        run=run_histogram,
+        example={"params": {"bins": 4}, "input": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]},
+        inputs=InputRules(
+            nonfinite="NaN samples are not binned and are counted in `nan_count`; ±inf "
+            "never widens the automatic range and is counted in `outside_count`.",
+        ),
+    )
+)
+
+
+@njit(nogil=True, cache=True)
+def _quantiles(x, q, out):
+    """Write np.nanquantile(x, q, method="linear") into `out` (see `_lerp` for ±inf);
+    return the number of NaN samples."""
+    ordered = np.empty(x.size, dtype=np.float64)
+    size = 0
+    for value in x:
+        if not np.isnan(value):
+            ordered[size] = value
+            size += 1
+    ordered = np.sort(ordered[:size])
+    for i in range(q.size):
+        if size == 0:
+            out[i] = np.nan
+            continue
+        position = (size - 1) * q[i]  # numpy's virtual index for method="linear"
+        if position >= size - 1:
+            out[i] = ordered[size - 1]
+            continue
+        below = math.floor(position)
+        out[i] = _lerp(ordered[below], ordered[below + 1], position - below)
+    return x.size - size
+
+
+@njit(nogil=True, cache=True)
+def _lerp(a, b, t):
+    """numpy's two-sided lerp (exact at both ends), extended to ±inf: numpy returns NaN as
+    soon as an inf is involved; here the result is the infinite end (NaN only between -inf
+    and +inf, where it really is undefined)."""
+    if t == 0.0 or a == b:
+        return a
+    if np.isinf(a) or np.isinf(b):
+        if np.isinf(a) and np.isinf(b):
+            return np.nan
+        return a if np.isinf(a) else b
+    if t >= 0.5:
+        return b - (b - a) * (1.0 - t)
+    return a + (b - a) * t
+
+
+def run_quantiles(x: np.ndarray, params: dict) -> Outputs:
+    q = np.array(params["q"], dtype=np.float64)
+    bad = [i for i, p in enumerate(params["q"]) if not 0.0 <= p <= 1.0]
+    if bad:
+        raise ParamError([{"field": "params.q", "message": f"item {bad[0]}: must be in [0, 1]"}])
+    out = np.empty(q.size, dtype=np.float64)
+    nans = _quantiles(x, q, out)
+    return {"values": out, "nan_count": int(nans)}
+
+
+register(
+    Kernel(
+        name="quantiles",
+        summary="Quantiles with linear interpolation, like numpy.nanquantile(method='linear').",
+        params=schema(
+            {
+                "q": number_array(
+                    1,
+                    101,
+                    default=[0.5],
+                    description="probabilities in [0, 1]",
+                ),
+            }
+        ),
+        output={
+            "values": "float64, one quantile per item of q, in order; NaN if there are no "
+            "non-NaN samples",
+            "nan_count": "number of NaN samples left out",
+        },
+        run=run_quantiles,
+        example={"params": {"q": [0.1, 0.5, 0.9]}, "input": [3.0, 1.0, 4.0, 1.0, 5.0, 9.0]},
+        inputs=InputRules(
+            nonfinite="NaN samples are left out (like numpy.nanquantile) and counted in "
+            "`nan_count`; ±inf take part as the extreme values they are, and a quantile "
+            "that falls between an inf and its neighbour is that inf.",
+        ),
+    )
+)

@@ -26,6 +26,7 @@ import trio
 from appliance import __version__
 from appliance.api import ApiContext, Metrics, create_app, serve_http
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
+from appliance.runtime.compute import build_scheduler, load_kernel_library, warm_kernels
 from appliance.runtime.endpoints import http_url, write_endpoints
 from appliance.runtime.health import ComponentHealth, Health
 from appliance.runtime.lock import InstanceLock
@@ -64,6 +65,7 @@ def run(settings: Settings, sources: SettingsSources) -> int:
     data_dir = settings.data_dir
     lock = InstanceLock(data_dir / "run" / "appliance.lock")
     try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # tokens and state: ours only
         lock.acquire()  # AlreadyRunning propagates to the CLI
     except OSError as exc:
         raise SettingsError("data.dir", f"cannot use {data_dir}: {exc.strerror}") from None
@@ -123,6 +125,12 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     rt.limiter = RateLimiter(settings.ratelimit.rate, settings.ratelimit.burst)
     metrics = Metrics()
     metrics.gauges(lambda: _store_gauges(store))
+
+    rt.notifier.notify(STATUS="loading kernels")
+    kernels = load_kernel_library(settings)
+    kernels_ready = trio.Event()
+    scheduler = build_scheduler(settings, store, kernels, metrics, kernels_ready)
+    await nursery.start(scheduler.serve)
     ctx = ApiContext(
         settings=lambda: rt.settings,
         store=store,
@@ -132,12 +140,18 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
         limiter=rt.limiter,
         health=rt.health,
         metrics=metrics,
+        kernels=kernels,
+        scheduler=scheduler,
     )
 
     interval = watchdog_interval_s(os.environ, os.getpid())
     if interval is not None and settings.systemd.watchdog:
         await nursery.start(_watchdog, rt, store, interval)
     await nursery.start(_handle_signals, rt)
+    if settings.tasks.warm_kernels:
+        await nursery.start(warm_kernels, kernels, rt.health, rt.notifier, kernels_ready)
+    else:
+        kernels_ready.set()  # each kernel compiles on its first run instead
 
     rt.notifier.notify(STATUS="starting the HTTP server")
     http_done = trio.Event()
@@ -153,6 +167,7 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
 
     endpoints = {"http": http_url(binds[0])}
     write_endpoints(settings.data_dir / "run" / "endpoints.json", endpoints)
+    await _first_of(kernels_ready, rt.stop_requested)  # READY=1 once every kernel is loaded
     rt.health.phase = "ok"
     log.info("ready: http %s, data in %s", endpoints["http"], settings.data_dir)
     rt.notifier.notify(READY=1, STATUS=f"serving HTTP on {endpoints['http']}")
@@ -195,6 +210,16 @@ async def _handle_signals(
             else:
                 log.info("received %s", signal.Signals(signum).name)
                 rt.stop_requested.set()
+
+
+async def _first_of(*events: trio.Event) -> None:
+    async def wait(event: trio.Event) -> None:
+        await event.wait()
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            nursery.start_soon(wait, event)
 
 
 def _reload(rt: Runtime) -> None:

@@ -49,18 +49,24 @@ class Notifier:
         self._address = socket_address(target) if target else None
         self._socket: socket.socket | None = None
         if self._address is not None:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a notify socket nobody reads must never stall the event loop.
+            self._socket = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
 
     @property
     def enabled(self) -> bool:
         return self._socket is not None
 
     def notify(self, **fields: str | int) -> None:
-        """Send one message; a failure is logged, never raised (systemd may be gone)."""
+        """Send one message; a failure is logged, never raised (systemd may be gone, or
+        its queue full: then the message is dropped, as a later one will say more)."""
         if self._socket is None:
             return
         try:
             self._socket.sendto(format_notification(fields), self._address)
+        except BlockingIOError:
+            log.debug("sd_notify queue full; dropped %s", ", ".join(fields))
         except OSError as exc:
             log.warning("sd_notify to %r failed: %s", self._address, exc)
 

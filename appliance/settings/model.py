@@ -200,6 +200,23 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class TasksSettings:
+    max_queue: int = setting(1000, parse_int(1, 1_000_000), "Tasks queued at most; then 503.")
+    concurrency: int = setting(0, parse_int(0, 1024), "Kernel threads at once; 0: CPU cores.")
+    max_input_samples: int = setting(
+        10_000_000, parse_int(1, 1 << 31), "Largest task input, in samples."
+    )
+    max_input_bytes: int = setting(
+        64 << 20, parse_int(1024, 1 << 31), "Largest task submission body, in bytes."
+    )
+    default_timeout_s: float = setting(60.0, parse_float(0.001, 86400.0), "Task timeout.")
+    result_ttl_s: float = setting(
+        86400.0, parse_float(1.0, 365 * 86400.0), "How long finished tasks are kept."
+    )
+    warm_kernels: bool = setting(True, parse_bool, "Compile every kernel at start-up.")
+
+
+@dataclass(frozen=True)
 class SystemdSettings:
     watchdog: bool = setting(True, parse_bool, "Send WATCHDOG=1 when systemd asks for it.")
 
@@ -213,6 +230,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    tasks: TasksSettings = field(default_factory=TasksSettings)
     systemd: SystemdSettings = field(default_factory=SystemdSettings)
     # Where the values came from, for messages and for SIGHUP re-reads.
     config_file: Path | None = None
@@ -235,6 +253,7 @@ SECTIONS: dict[str, type] = {
     "log": LogSettings,
     "ratelimit": RateLimitSettings,
     "store": StoreSettings,
+    "tasks": TasksSettings,
     "systemd": SystemdSettings,
 }
 

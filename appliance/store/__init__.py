@@ -12,7 +12,6 @@ from appliance.store.errors import (
     StoreError,
     StoreFull,
     StoreIOError,
-    StoreLocked,
     StoreVersionError,
 )
 
@@ -24,7 +23,6 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "StoreIOError",
-    "StoreLocked",
     "StoreVersionError",
     "WriteTxn",
     "decode_value",

@@ -1,9 +1,10 @@
 """Values are CBOR; keys are an explicit, order-preserving tuple encoding.
 
 Key parts: a non-negative int is `0x01` + 8 bytes big-endian; a str is `0x02` + UTF-8 +
-`0x00` (so it may not contain NUL); bytes is `0x03` + 2-byte length + the bytes. Byte-wise
-order of packed keys equals the order of the tuples (for parts of the same type), so LMDB's
-cursor order is the natural order: audit entries by sequence number, tokens by id.
+`0x00` (so it may not contain NUL); bytes is `0x03` + 2-byte length + the bytes. For int
+and str parts, byte-wise order of packed keys equals the order of the tuples, so LMDB's
+cursor order is the natural order: audit entries by sequence number, tokens by id. Bytes
+parts sort by length first (use them for lookups, not for ranges).
 """
 
 from __future__ import annotations

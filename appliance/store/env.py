@@ -36,6 +36,10 @@ DATABASES: dict[str, str] = {
     "sessions": "web sessions by sha256 of the session id",
     "audit": "hash-chained audit log by sequence number",
     "kv": "general state of the services, keyed by service-specific tuples",
+    "tasks": "task records by time-ordered id: kernel, params, state, attempts, history",
+    "task_inputs": "task input arrays by task id: dtype, shape, little-endian bytes",
+    "task_results": "task outputs by task id: named scalars and arrays",
+    "task_keys": "idempotency key -> task id",
 }
 
 

@@ -26,10 +26,6 @@ class StoreClosed(StoreError):
     """The store was closed (the appliance is stopping)."""
 
 
-class StoreLocked(StoreError):
-    """Another process holds the store's single-writer role (a second `appliance run`)."""
-
-
 class StoreVersionError(StoreError):
     """The data was written by a newer appliance whose schema this one does not know."""
 

@@ -3,7 +3,7 @@
 `MIGRATIONS[n]` takes a store at version n-1 to version n inside one write transaction, so
 a migration either happens completely or not at all. A store written by a newer appliance
 (a version above the last one known here) is refused rather than misread: that is what
-happens after an OTA rollback to an older version if a migration ran (see docs/ota.md).
+an older version would meet after a rollback past a migration.
 """
 
 from __future__ import annotations

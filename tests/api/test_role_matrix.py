@@ -13,11 +13,14 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cbor2
 import httpx
+import numpy as np
 import pytest
 
 from appliance.auth.sessions import COOKIE_NAME
@@ -202,6 +205,98 @@ def check_audit_verify(world: World, response: httpx.Response, prepared: dict) -
     assert response.json()["problems"] == []
 
 
+def submit(world: World, body: dict, **kwargs) -> dict:
+    response = world.admin.post("/api/v1/tasks", json=body, **kwargs)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_for_task(world: World, task_id: str, states: set[str], timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = world.admin.get(f"/api/v1/tasks/{task_id}").json()
+        if task["state"] in states:
+            return task
+        time.sleep(0.02)
+    raise AssertionError(f"task {task_id} never reached {states}")
+
+
+def build_kernel(world: World, secret: str | None) -> dict[str, Any]:
+    return {"headers": bearer(secret), "path": "/api/v1/kernels/rms"}
+
+
+def check_kernel(world: World, response: httpx.Response, prepared: dict) -> None:
+    body = response.json()
+    assert body["name"] == "rms" and body["params"]["type"] == "object"
+
+
+def build_submit(world: World, secret: str | None) -> dict[str, Any]:
+    key = f"matrix-{secrets.token_hex(6)}"
+    body = {"kernel": "rms", "input": [3.0, 4.0], "idempotency_key": key}
+    return {"headers": bearer(secret), "json": body, "key": key}
+
+
+def tasks_with_key(world: World, key: str) -> list[dict]:
+    tasks = world.admin.get("/api/v1/tasks", params={"limit": 1000}).json()["tasks"]
+    return [t for t in tasks if t["idempotency_key"] == key]
+
+
+def check_submitted(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["kernel"] == "rms"
+    assert [t["id"] for t in tasks_with_key(world, prepared["key"])] == [response.json()["id"]]
+
+
+def check_not_submitted(world: World, prepared: dict) -> None:
+    assert tasks_with_key(world, prepared["key"]) == []
+
+
+def build_task(world: World, secret: str | None) -> dict[str, Any]:
+    task = submit(world, {"kernel": "rms", "input": [1.0, 1.0]})
+    return {"headers": bearer(secret), "path": f"/api/v1/tasks/{task['id']}", "task": task}
+
+
+def check_task(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["id"] == prepared["task"]["id"]
+
+
+def build_result(world: World, secret: str | None) -> dict[str, Any]:
+    task = submit(world, {"kernel": "rms", "input": [3.0, 4.0, 3.0, 4.0]})
+    wait_for_task(world, task["id"], {"succeeded"})
+    return {"headers": bearer(secret), "path": f"/api/v1/tasks/{task['id']}/result"}
+
+
+def check_result(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["outputs"] == {"rms": 3.5355339059327378}
+
+
+def build_cancel(world: World, secret: str | None) -> dict[str, Any]:
+    """A task that runs long enough to be cancelled: FIR, 1024 taps, 4M float32 samples."""
+    samples = np.random.default_rng(7).random(4_000_000, dtype=np.float32)
+    body = {
+        "kernel": "fir",
+        "params": {"taps": [1 / 1024] * 1024},
+        "input": {"dtype": "float32", "shape": [samples.size], "data": samples.tobytes()},
+    }
+    response = world.admin.post(
+        "/api/v1/tasks", content=cbor2.dumps(body), headers={"Content-Type": "application/cbor"}
+    )
+    assert response.status_code == 202, response.text
+    task = wait_for_task(world, response.json()["id"], {"running"})
+    return {"headers": bearer(secret), "path": f"/api/v1/tasks/{task['id']}/cancel", "task": task}
+
+
+def check_cancelled(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["state"] == "cancelled"
+    assert world.admin.get(prepared["path"].removesuffix("/cancel")).json()["state"] == (
+        "cancelled"
+    )
+
+
+def check_not_cancelled(world: World, prepared: dict) -> None:
+    task = wait_for_task(world, prepared["task"]["id"], {"succeeded", "cancelled"})
+    assert task["state"] == "succeeded"
+
+
 CASES: dict[tuple[str, str], Case] = {
     (case.method, case.path): case
     for case in [
@@ -243,6 +338,30 @@ CASES: dict[tuple[str, str], Case] = {
         Case("POST", "/api/v1/admin/backup", "admin", 200, plain, check_backup),
         Case("GET", "/api/v1/audit", "admin", 200, plain, ok_json("entries")),
         Case("GET", "/api/v1/audit/verify", "admin", 200, plain, check_audit_verify),
+        Case("GET", "/api/v1/kernels", "viewer", 200, plain, ok_json("kernels")),
+        Case("GET", "/api/v1/kernels/{name}", "viewer", 200, build_kernel, check_kernel),
+        Case(
+            "POST",
+            "/api/v1/tasks",
+            "operator",
+            202,
+            build_submit,
+            check_submitted,
+            check_not_submitted,
+        ),
+        Case("GET", "/api/v1/tasks", "viewer", 200, plain, ok_json("tasks")),
+        Case("GET", "/api/v1/tasks/{task_id}", "viewer", 200, build_task, check_task),
+        Case("GET", "/api/v1/tasks/{task_id}/result", "viewer", 200, build_result, check_result),
+        Case(
+            "POST",
+            "/api/v1/tasks/{task_id}/cancel",
+            "operator",
+            200,
+            build_cancel,
+            check_cancelled,
+            check_not_cancelled,
+        ),
+        Case("GET", "/api/v1/scheduler", "viewer", 200, plain, ok_json("queue_depth")),
     ]
 }
 

@@ -232,13 +232,15 @@ def test_socket_activation_keeps_the_port(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 response = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
-                break
+                if response.status_code == 200:
+                    break
             except httpx.HTTPError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         assert response.status_code == 200
         endpoints = json.loads((data_dir / "run" / "endpoints.json").read_text())
         assert endpoints["http"] == f"http://127.0.0.1:{port}"

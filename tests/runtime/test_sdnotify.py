@@ -64,3 +64,23 @@ def test_a_vanished_systemd_is_logged_not_raised(tmp_path, caplog):
 )
 def test_watchdog_interval(environ, expected):
     assert watchdog_interval_s(environ, 4242) == expected
+
+
+def test_a_full_notify_queue_never_blocks(tmp_path):
+    """Nobody reads the socket: sends beyond its queue are dropped, not waited for."""
+    path = tmp_path / "unread"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        for number in range(500):  # far beyond net.unix.max_dgram_qlen
+            notifier.notify(STATUS=f"message {number}")
+        notifier.close()
+        sock.setblocking(False)
+        received = 0
+        while True:
+            try:
+                sock.recv(4096)
+            except BlockingIOError:
+                break
+            received += 1
+        assert 0 < received < 500

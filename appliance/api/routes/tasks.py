@@ -1,0 +1,168 @@
+"""Kernels and tasks: list kernels, submit, inspect, cancel, fetch results, scheduler."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cbor2
+from quart import Blueprint, Response, g, jsonify, request
+
+from appliance.api.bodies import Field, parse_json, validate
+from appliance.api.guard import context, requires
+from appliance.api.problems import Problem
+from appliance.kernels import InputError, ParamError
+from appliance.tasks import InputFormatError, QueueFull, Task, TaskState, parse_input
+from appliance.tasks.inputs import storable_to_json
+
+blueprint = Blueprint("tasks", __name__)
+CBOR = "application/cbor"
+
+NEW_TASK = {
+    "kernel": Field(str, max_length=64),
+    "params": Field(dict, required=False),
+    "input": Field((list, dict)),
+    "priority": Field(int, required=False, minimum=0, maximum=9),
+    "timeout_s": Field((int, float), required=False, minimum=0.001, maximum=86400),
+    "max_retries": Field(int, required=False, minimum=0, maximum=10),
+    "idempotency_key": Field(str, required=False, min_length=1, max_length=128,
+                             printable=True),
+}
+
+
+def scheduler():
+    found = context().scheduler
+    if found is None:
+        raise Problem(503, "tasks_unavailable", "the task scheduler is not running")
+    return found
+
+
+@blueprint.get("/api/v1/kernels")
+@requires("viewer")
+async def list_kernels() -> Response:
+    kernels = context().kernels
+    return jsonify({"kernels": [
+        {"name": k.name, "summary": k.summary} for _, k in sorted(kernels.items())]})
+
+
+@blueprint.get("/api/v1/kernels/<name>")
+@requires("viewer")
+async def describe_kernel(name: str) -> Response:
+    kernel = context().kernels.get(name)
+    if kernel is None:
+        raise Problem(404, "kernel_not_found", f"no kernel {name!r}")
+    return jsonify(kernel.describe())
+
+
+async def _task_body() -> dict[str, Any]:
+    raw = await request.get_data()
+    media = (request.content_type or "").split(";")[0].strip().lower()
+    if media == CBOR:
+        try:
+            document = cbor2.loads(raw)
+        except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError, OverflowError):
+            raise Problem(400, "malformed_cbor", "the body is not valid CBOR") from None
+    else:
+        document = parse_json(raw, request.content_type)
+    return validate(document, NEW_TASK)
+
+
+@blueprint.post("/api/v1/tasks")
+@requires("operator")
+async def submit_task() -> tuple[Response, int]:
+    ctx = context()
+    body = await _task_body()
+    kernel = ctx.kernels.get(body["kernel"])
+    if kernel is None:
+        raise Problem(422, "unknown_kernel", f"no kernel {body['kernel']!r}",
+                      errors=[{"field": "kernel", "message": "unknown kernel"}])
+    try:
+        params = kernel.check_params(body.get("params"))
+        data = kernel.check_input(parse_input(body["input"],
+                                              max_samples=ctx.settings().tasks.max_input_samples))
+    except ParamError as exc:
+        raise Problem(422, "invalid_params", str(exc), errors=exc.errors) from None
+    except InputFormatError as exc:
+        raise Problem(exc.status, exc.code, str(exc),
+                      errors=[{"field": "input", "message": str(exc)}]) from None
+    except InputError as exc:
+        raise Problem(422, exc.code, str(exc),
+                      errors=[{"field": "input", "message": str(exc)}]) from None
+    defaults = ctx.settings().tasks
+    try:
+        task, created = await scheduler().submit(
+            kernel.name, params, data,
+            priority=body.get("priority", 5),
+            timeout_s=float(body.get("timeout_s", defaults.default_timeout_s)),
+            max_retries=body.get("max_retries", 2),
+            idempotency_key=body.get("idempotency_key"),
+            submitted_by=g.principal.label,
+        )
+    except QueueFull as exc:
+        raise Problem(503, "queue_full", str(exc), headers={"Retry-After": "5"}) from None
+    g.audit_target = f"task:{task.id}"
+    return jsonify(task.public()), 202 if created else 200
+
+
+def _task_or_404(task_id: str) -> Task:
+    task = scheduler().repository.get(task_id)
+    if task is None:
+        raise Problem(404, "task_not_found", f"no task {task_id!r}")
+    return task
+
+
+@blueprint.get("/api/v1/tasks")
+@requires("viewer")
+async def list_tasks() -> Response:
+    state = request.args.get("state")
+    if state is not None and state not in {s.value for s in TaskState}:
+        raise Problem(422, "validation_failed", "unknown state",
+                      errors=[{"field": "state", "message": "unknown state"}])
+    raw_limit = request.args.get("limit", "100")
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:
+        raise Problem(422, "validation_failed", "limit must be 1-1000",
+                      errors=[{"field": "limit", "message": "expected 1-1000"}])
+    tasks = scheduler().repository.list(state=state, limit=int(raw_limit),
+                                        before=request.args.get("before"))
+    return jsonify({"tasks": [task.public() for task in tasks]})
+
+
+@blueprint.get("/api/v1/tasks/<task_id>")
+@requires("viewer")
+async def get_task(task_id: str) -> Response:
+    return jsonify(_task_or_404(task_id).public())
+
+
+@blueprint.get("/api/v1/tasks/<task_id>/result")
+@requires("viewer")
+async def get_result(task_id: str) -> Response:
+    task = _task_or_404(task_id)
+    if not task.finished:
+        raise Problem(409, "task_not_finished", f"task {task_id} is {task.state}",
+                      state=str(task.state))
+    stored = scheduler().repository.result(task_id)
+    if stored is None:
+        raise Problem(409, "task_has_no_result", f"task {task_id} ended {task.state}",
+                      state=str(task.state), error=task.error)
+    body = {"task_id": task.id, "kernel": task.kernel}
+    if CBOR in request.headers.get("Accept", ""):
+        return Response(cbor2.dumps({**body, "outputs": stored}), content_type=CBOR)
+    return Response(json.dumps({**body, "outputs": storable_to_json(stored)}),
+                    content_type="application/json")
+
+
+@blueprint.post("/api/v1/tasks/<task_id>/cancel")
+@requires("operator")
+async def cancel_task(task_id: str) -> Response:
+    task = _task_or_404(task_id)
+    if task.finished:
+        raise Problem(409, "task_finished", f"task {task_id} already ended {task.state}",
+                      state=str(task.state))
+    g.audit_target = f"task:{task_id}"
+    return jsonify((await scheduler().cancel(task)).public())
+
+
+@blueprint.get("/api/v1/scheduler")
+@requires("viewer")
+async def scheduler_status() -> Response:
+    return jsonify(scheduler().status())

@@ -1,0 +1,71 @@
+"""Starting the compute side: the kernel library, its warm-up, and the task scheduler."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import trio
+
+from appliance.api.metrics import Metrics
+from appliance.kernels import Kernel, load_kernels, warm_all
+from appliance.runtime.health import Health
+from appliance.runtime.sdnotify import Notifier
+from appliance.settings import Settings
+from appliance.store import Store
+from appliance.tasks import Scheduler, SchedulerLimits, TaskRepository
+
+log = logging.getLogger(__name__)
+
+
+def kernel_cache_dir(settings: Settings) -> Path:
+    return settings.data_dir / "cache" / "numba"
+
+
+async def warm_kernels(
+    kernels: dict[str, Kernel], health: Health, notifier: Notifier, ready: trio.Event, *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Compile (or load from numba's cache) every kernel in a worker thread; /health shows
+    `kernels: starting` and STATUS= the progress until it is done."""
+    total = len(kernels)
+    health.set("kernels", "starting", f"0/{total} compiled")
+    task_status.started()
+    started = time.monotonic()
+
+    def progress(done: int, total: int, name: str) -> None:
+        trio.from_thread.run_sync(_report, done, total, name)
+
+    def _report(done: int, total: int, name: str) -> None:
+        health.set("kernels", "starting", f"{done}/{total} compiled (last: {name})")
+        notifier.notify(STATUS=f"compiling kernels: {done}/{total}")
+
+    await trio.to_thread.run_sync(warm_all, kernels, progress)
+    elapsed = time.monotonic() - started
+    health.set("kernels", "ok", f"{total} kernels ready ({elapsed:.1f} s to load)")
+    log.info("%d kernels ready in %.1f s", total, elapsed)
+    ready.set()
+
+
+def build_scheduler(settings: Settings, store: Store, kernels: dict[str, Kernel],
+                    metrics: Metrics, ready: trio.Event) -> Scheduler:
+    tasks = settings.tasks
+    limits = SchedulerLimits(max_queue=tasks.max_queue, concurrency=tasks.concurrency,
+                             result_ttl_s=tasks.result_ttl_s)
+
+    def observe(kernel: str, outcome: str, seconds: float) -> None:
+        metrics.task_runs.labels(kernel, outcome).inc()
+        metrics.task_seconds.labels(kernel).observe(seconds)
+
+    scheduler = Scheduler(TaskRepository(store), kernels, limits, kernels_ready=ready,
+                          observe=observe)
+    metrics.gauges(lambda: {
+        "appliance_task_queue_depth": ("Tasks waiting to run", len(scheduler.queue)),
+        "appliance_tasks_running": ("Tasks running now", scheduler.status()["running"]),
+    })
+    return scheduler
+
+
+def load_kernel_library(settings: Settings) -> dict[str, Kernel]:
+    return load_kernels(kernel_cache_dir(settings))

@@ -1,0 +1,64 @@
+"""The run queue: highest priority first, FIFO within a priority, retries wait their turn.
+
+Bounded: `put` raises `QueueFull` beyond `capacity` (tasks waiting for a retry count too),
+so a burst of submissions is refused with 503 instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+
+import trio
+
+
+class QueueFull(Exception):
+    pass
+
+
+class RunQueue:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, id)
+        self._delayed: list[tuple[float, int, int, str]] = []  # (due, -priority, seq, id)
+        self._seq = itertools.count()
+        self._changed = trio.Event()
+        self._removed: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._ready) + len(self._delayed) - len(self._removed)
+
+    def put(self, task_id: str, priority: int, *, not_before: float | None = None,
+            force: bool = False) -> None:
+        """Queue a task; `not_before` is `trio.current_time()`-based. `force` is for tasks
+        already accepted earlier (recovery, retries), which must never be dropped."""
+        if not force and len(self) >= self.capacity:
+            raise QueueFull(f"the task queue holds {self.capacity} tasks")
+        self._removed.discard(task_id)
+        if not_before is not None and not_before > trio.current_time():
+            heapq.heappush(self._delayed, (not_before, -priority, next(self._seq), task_id))
+        else:
+            heapq.heappush(self._ready, (-priority, next(self._seq), task_id))
+        self._changed.set()
+
+    def remove(self, task_id: str) -> None:
+        """Forget a queued task (cancelled); it is skipped when it comes up."""
+        self._removed.add(task_id)
+
+    async def get(self) -> str:
+        while True:
+            now = trio.current_time()
+            while self._delayed and self._delayed[0][0] <= now:
+                _, negative_priority, seq, task_id = heapq.heappop(self._delayed)
+                heapq.heappush(self._ready, (negative_priority, seq, task_id))
+            while self._ready:
+                _, _, task_id = heapq.heappop(self._ready)
+                if task_id in self._removed:
+                    self._removed.discard(task_id)
+                    continue
+                return task_id
+            self._changed = trio.Event()
+            wait = self._delayed[0][0] - now if self._delayed else math.inf
+            with trio.move_on_after(wait):
+                await self._changed.wait()
