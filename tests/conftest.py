@@ -7,6 +7,7 @@ tests (role matrix, bad input). Nothing is mocked: the process, LMDB, sockets ar
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 
 # The first start of a run compiles every kernel (cold numba cache); later ones load them.
 START_TIMEOUT_S = 180.0
+_RUNS = itertools.count()
 
 # One numba cache for the test run and every appliance it starts ($NUMBA_CACHE_DIR wins
 # over the data dir's cache), so only the first process pays for compiling the kernels.
@@ -105,9 +107,8 @@ class ApplianceProcess:
         config: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.notify = (
-            FakeNotifySocket(data_dir.parent / f"{data_dir.name}.notify") if notify else None
-        )
+        run_name = f"{data_dir.name}.{next(_RUNS)}"  # one data dir may be started twice
+        self.notify = FakeNotifySocket(data_dir.parent / f"{run_name}.notify") if notify else None
         environment = {
             k: v
             for k, v in os.environ.items()
@@ -137,7 +138,7 @@ class ApplianceProcess:
         ]
         if config is not None:
             args += ["--config", str(config)]
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.log_path = data_dir.parent / f"{run_name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             args + (extra_args or []), env=environment, stdout=self._log, stderr=subprocess.STDOUT

@@ -52,12 +52,16 @@ class Metrics:
         )
 
         self.task_runs = Counter(
-            "appliance_task_runs", "Task runs by kernel and outcome",
-            ["kernel", "outcome"], registry=self.registry,
+            "appliance_task_runs",
+            "Task runs by kernel and outcome",
+            ["kernel", "outcome"],
+            registry=self.registry,
         )
         self.task_seconds = Histogram(
-            "appliance_task_run_seconds", "Kernel run time per task run, by kernel",
-            ["kernel"], registry=self.registry,
+            "appliance_task_run_seconds",
+            "Kernel run time per task run, by kernel",
+            ["kernel"],
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300),
         )
 

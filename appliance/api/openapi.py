@@ -306,79 +306,160 @@ _TASK_ID = [{"name": "task_id", "in": "path", "required": True, "schema": {"type
 SCHEMAS["Task"] = {
     "type": "object",
     "properties": {
-        "id": {"type": "string"}, "kernel": {"type": "string"}, "params": {"type": "object"},
+        "id": {"type": "string"},
+        "kernel": {"type": "string"},
+        "params": {"type": "object"},
         "priority": {"type": "integer", "minimum": 0, "maximum": 9},
-        "timeout_s": {"type": "number"}, "max_retries": {"type": "integer"},
-        "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled",
-                           "timed_out"]},
-        "attempts": {"type": "integer"}, "idempotency_key": {"type": ["string", "null"]},
-        "created_at": {"type": "number"}, "started_at": {"type": ["number", "null"]},
+        "timeout_s": {"type": "number"},
+        "max_retries": {"type": "integer"},
+        "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]},
+        "attempts": {"type": "integer"},
+        "idempotency_key": {"type": ["string", "null"]},
+        "created_at": {"type": "number"},
+        "started_at": {"type": ["number", "null"]},
         "finished_at": {"type": ["number", "null"]},
-        "error": {"type": ["object", "null"], "properties": {
-            "code": {"type": "string"}, "message": {"type": "string"}}},
+        "error": {
+            "type": ["object", "null"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
         "history": {"type": "array", "items": {"type": "object"}},
         "finished": {"type": "boolean"},
     },
 }
 SCHEMAS["NewTask"] = {
-    "type": "object", "additionalProperties": False, "required": ["kernel", "input"],
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kernel", "input"],
     "properties": {
         "kernel": {"type": "string"},
         "params": {"type": "object", "description": "see GET /api/v1/kernels/{name}"},
-        "input": {"oneOf": [
-            {"type": "array", "items": {"type": "number"}},
-            {"type": "object", "required": ["dtype", "shape", "data"], "properties": {
-                "dtype": {"enum": ["float32", "float64"]},
-                "shape": {"type": "array", "items": {"type": "integer"}},
-                "data": {"type": "string", "contentEncoding": "base64",
-                         "description": "little-endian, C order (bytes in CBOR)"}}}]},
-        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 5,
-                     "description": "higher runs first"},
+        "input": {
+            "oneOf": [
+                {"type": "array", "items": {"type": "number"}},
+                {
+                    "type": "object",
+                    "required": ["dtype", "shape", "data"],
+                    "properties": {
+                        "dtype": {"enum": ["float32", "float64"]},
+                        "shape": {"type": "array", "items": {"type": "integer"}},
+                        "data": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "description": "little-endian, C order (bytes in CBOR)",
+                        },
+                    },
+                },
+            ]
+        },
+        "priority": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 9,
+            "default": 5,
+            "description": "higher runs first",
+        },
         "timeout_s": {"type": "number", "minimum": 0.001, "maximum": 86400},
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 10, "default": 2},
         "idempotency_key": {"type": "string", "maxLength": 128},
     },
 }
-PATHS.update({
-    "/api/v1/kernels": {"get": _op("List the kernels", "viewer", _json({
-        "type": "object", "properties": {"kernels": {"type": "array", "items": {
-            "type": "object", "properties": {"name": {"type": "string"},
-                                             "summary": {"type": "string"}}}}}}))},
-    "/api/v1/kernels/{name}": {"get": {
-        **_op("A kernel's parameter schema, input rules and outputs", "viewer",
-              _json({"type": "object"})),
-        "parameters": [{"name": "name", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
-    }},
-    "/api/v1/tasks": {
-        "post": {
-            **_op("Submit a task (202; 200 with the existing task for a used idempotency "
-                  "key). JSON, or the same map as application/cbor.", "operator",
-                  _json(_ref("Task"), "Accepted"), body=_ref("NewTask"), ok_status="202"),
+PATHS.update(
+    {
+        "/api/v1/kernels": {
+            "get": _op(
+                "List the kernels",
+                "viewer",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "kernels": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "summary": {"type": "string"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                ),
+            )
         },
-        "get": _op("List tasks, newest first", "viewer", _json({
-            "type": "object", "properties": {"tasks": {"type": "array",
-                                                       "items": _ref("Task")}}}),
-            params=[_query("state", "Only tasks in this state", {"type": "string"}),
-                    _query("limit", "At most this many", {"type": "integer", "minimum": 1,
-                                                         "maximum": 1000}),
-                    _query("before", "Tasks older than this id (paging)",
-                           {"type": "string"})]),
-    },
-    "/api/v1/tasks/{task_id}": {"get": {**_op("One task", "viewer", _json(_ref("Task"))),
-                                        "parameters": _TASK_ID}},
-    "/api/v1/tasks/{task_id}/result": {"get": {
-        **_op("A finished task's outputs: JSON (NaN and inf as null), or CBOR with typed "
-              "arrays when Accept: application/cbor", "viewer", _json({"type": "object"})),
-        "parameters": _TASK_ID,
-    }},
-    "/api/v1/tasks/{task_id}/cancel": {"post": {
-        **_op("Cancel a queued or running task", "operator", _json(_ref("Task"))),
-        "parameters": _TASK_ID,
-    }},
-    "/api/v1/scheduler": {"get": _op("Queue depth, running tasks, capacity, totals by state",
-                                     "viewer", _json({"type": "object"}))},
-})
+        "/api/v1/kernels/{name}": {
+            "get": {
+                **_op(
+                    "A kernel's parameter schema, input rules and outputs",
+                    "viewer",
+                    _json({"type": "object"}),
+                ),
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+            }
+        },
+        "/api/v1/tasks": {
+            "post": {
+                **_op(
+                    "Submit a task (202; 200 with the existing task for a used idempotency "
+                    "key). JSON, or the same map as application/cbor.",
+                    "operator",
+                    _json(_ref("Task"), "Accepted"),
+                    body=_ref("NewTask"),
+                    ok_status="202",
+                ),
+            },
+            "get": _op(
+                "List tasks, newest first",
+                "viewer",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {"tasks": {"type": "array", "items": _ref("Task")}},
+                    }
+                ),
+                params=[
+                    _query("state", "Only tasks in this state", {"type": "string"}),
+                    _query(
+                        "limit",
+                        "At most this many",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                    ),
+                    _query("before", "Tasks older than this id (paging)", {"type": "string"}),
+                ],
+            ),
+        },
+        "/api/v1/tasks/{task_id}": {
+            "get": {**_op("One task", "viewer", _json(_ref("Task"))), "parameters": _TASK_ID}
+        },
+        "/api/v1/tasks/{task_id}/result": {
+            "get": {
+                **_op(
+                    "A finished task's outputs: JSON (NaN and inf as null), or CBOR with typed "
+                    "arrays when Accept: application/cbor",
+                    "viewer",
+                    _json({"type": "object"}),
+                ),
+                "parameters": _TASK_ID,
+            }
+        },
+        "/api/v1/tasks/{task_id}/cancel": {
+            "post": {
+                **_op("Cancel a queued or running task", "operator", _json(_ref("Task"))),
+                "parameters": _TASK_ID,
+            }
+        },
+        "/api/v1/scheduler": {
+            "get": _op(
+                "Queue depth, running tasks, capacity, totals by state",
+                "viewer",
+                _json({"type": "object"}),
+            )
+        },
+    }
+)
 
 # `/metrics` at the root is the same handler as `/api/v1/metrics`, for Prometheus defaults.
 PATHS["/metrics"] = PATHS["/api/v1/metrics"]

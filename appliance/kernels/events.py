@@ -123,10 +123,13 @@ def _cusum(x, target, slack, limit, state):
     return alarms[:count].copy(), direction[:count].copy()
 
 
+def check_cusum(params: dict) -> None:
+    if any(value < 0 for value in params.get("state", ())):
+        raise ParamError([{"field": "params.state", "message": "sums must be >= 0"}])
+
+
 def run_cusum(x: np.ndarray, params: dict) -> Outputs:
     state = np.array(params.get("state", [0.0, 0.0]), dtype=np.float64)
-    if (state < 0).any():
-        raise ParamError([{"field": "params.state", "message": "sums must be >= 0"}])
     alarms, direction = _cusum(x, params["target"], params["k"], params["h"], state)
     return {"alarms": alarms, "direction": direction, "state": state.tolist()}
 
@@ -162,6 +165,7 @@ register(
             "state": "[s_pos, s_neg] after the last sample, to pass with the next chunk",
         },
         run=run_cusum,
+        check=check_cusum,
         example={
             "params": {"target": 0.0, "k": 0.5, "h": 2.0},
             "input": [0.1, -0.2, 0.0, 2.0, 2.5, 1.8, 0.1, -3.0, -2.5],

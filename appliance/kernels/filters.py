@@ -29,19 +29,8 @@ def design_biquad(
     """(b, a) of an RBJ Audio EQ Cookbook biquad, normalised so that a[0] == 1.
 
     `kind` is lowpass, highpass or bandpass (the cookbook's constant 0 dB peak gain
-    band-pass, centred on `cutoff_hz`). Raises `ParamError` on `params.cutoff_hz` unless
-    0 < cutoff_hz < sample_rate_hz / 2."""
-    nyquist = sample_rate_hz / 2
-    if not 0 < cutoff_hz < nyquist:
-        raise ParamError(
-            [
-                {
-                    "field": "params.cutoff_hz",
-                    "message": f"must be > 0 and < the Nyquist frequency {nyquist:g} Hz "
-                    "(sample_rate_hz / 2)",
-                }
-            ]
-        )
+    band-pass, centred on `cutoff_hz`). Needs 0 < cutoff_hz < sample_rate_hz / 2, which
+    `check_biquad` enforces for the kernel."""
     w0 = 2 * math.pi * cutoff_hz / sample_rate_hz
     cos_w0 = math.cos(w0)
     alpha = math.sin(w0) / (2 * q)
@@ -70,6 +59,20 @@ def _biquad(x, b0, b1, b2, a1, a2, z1, z2, out):
         z2 = b2 * value - a2 * y
         out[i] = y
     return z1, z2
+
+
+def check_biquad(params: dict) -> None:
+    nyquist = params["sample_rate_hz"] / 2
+    if not 0 < params["cutoff_hz"] < nyquist:
+        raise ParamError(
+            [
+                {
+                    "field": "params.cutoff_hz",
+                    "message": f"must be > 0 and < the Nyquist frequency {nyquist:g} Hz "
+                    "(sample_rate_hz / 2)",
+                }
+            ]
+        )
 
 
 def run_biquad(x: np.ndarray, params: dict) -> Outputs:
@@ -124,6 +127,7 @@ register(
             "state": "[z1, z2] after the last sample, to pass as `state` with the next chunk",
         },
         run=run_biquad,
+        check=check_biquad,
         example={
             "params": {"kind": "lowpass", "cutoff_hz": 100.0, "sample_rate_hz": 1000.0},
             "input": [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
@@ -165,15 +169,10 @@ def _fir(x, taps, history, out):
             out[start + i] = totals[i]
 
 
-def run_fir(x: np.ndarray, params: dict) -> Outputs:
-    taps = np.asarray(params["taps"], dtype=np.float64)
-    order = taps.size - 1
+def check_fir(params: dict) -> None:
+    order = len(params["taps"]) - 1
     state = params.get("state")
-    if state is None:
-        history = np.zeros(order)
-    elif len(state) == order:
-        history = np.asarray(state, dtype=np.float64)
-    else:
+    if state is not None and len(state) != order:
         raise ParamError(
             [
                 {
@@ -182,6 +181,13 @@ def run_fir(x: np.ndarray, params: dict) -> Outputs:
                 }
             ]
         )
+
+
+def run_fir(x: np.ndarray, params: dict) -> Outputs:
+    taps = np.asarray(params["taps"], dtype=np.float64)
+    order = taps.size - 1
+    state = params.get("state")
+    history = np.zeros(order) if state is None else np.asarray(state, dtype=np.float64)
     out = np.empty(x.size, dtype=x.dtype)
     _fir(x, taps, history, out)
     tail = x[x.size - order :] if x.size >= order else np.concatenate([history[x.size :], x])
@@ -212,6 +218,7 @@ register(
             "with the next chunk",
         },
         run=run_fir,
+        check=check_fir,
         example={"params": {"taps": [0.25, 0.5, 0.25]}, "input": [0.0, 4.0, 0.0, 4.0, 0.0]},
         inputs=_FINITE_ONLY,
     )

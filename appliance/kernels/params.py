@@ -30,12 +30,24 @@ def schema(properties: dict[str, dict[str, Any]], required: tuple[str, ...] = ()
     }
 
 
-def number(minimum=None, maximum=None, *, default=None, exclusive_minimum=None,
-           exclusive_maximum=None, description: str = "", integer: bool = False) -> dict:
+def number(
+    minimum=None,
+    maximum=None,
+    *,
+    default=None,
+    exclusive_minimum=None,
+    exclusive_maximum=None,
+    description: str = "",
+    integer: bool = False,
+) -> dict:
     prop: dict[str, Any] = {"type": "integer" if integer else "number"}
-    for key, value in (("minimum", minimum), ("maximum", maximum),
-                       ("exclusiveMinimum", exclusive_minimum),
-                       ("exclusiveMaximum", exclusive_maximum), ("default", default)):
+    for key, value in (
+        ("minimum", minimum),
+        ("maximum", maximum),
+        ("exclusiveMinimum", exclusive_minimum),
+        ("exclusiveMaximum", exclusive_maximum),
+        ("default", default),
+    ):
         if value is not None:
             prop[key] = value
     if description:
@@ -47,6 +59,15 @@ def integer(minimum=None, maximum=None, **options) -> dict:
     return number(minimum, maximum, integer=True, **options)
 
 
+def boolean(default: bool | None = None, description: str = "") -> dict:
+    prop: dict[str, Any] = {"type": "boolean"}
+    if default is not None:
+        prop["default"] = default
+    if description:
+        prop["description"] = description
+    return prop
+
+
 def choice(*values: str, default: str | None = None, description: str = "") -> dict:
     prop: dict[str, Any] = {"type": "string", "enum": list(values)}
     if default is not None:
@@ -56,10 +77,15 @@ def choice(*values: str, default: str | None = None, description: str = "") -> d
     return prop
 
 
-def number_array(min_items: int = 0, max_items: int = 4096, *, default=None,
-                 description: str = "") -> dict:
-    prop: dict[str, Any] = {"type": "array", "items": {"type": "number"},
-                            "minItems": min_items, "maxItems": max_items}
+def number_array(
+    min_items: int = 0, max_items: int = 4096, *, default=None, description: str = ""
+) -> dict:
+    prop: dict[str, Any] = {
+        "type": "array",
+        "items": {"type": "number"},
+        "minItems": min_items,
+        "maxItems": max_items,
+    }
     if default is not None:
         prop["default"] = default
     if description:
@@ -74,8 +100,11 @@ def validate_params(spec: dict, given: Any) -> dict[str, Any]:
     if not isinstance(given, dict):
         raise ParamError([{"field": "params", "message": "expected an object"}])
     properties = spec["properties"]
-    errors = [{"field": f"params.{name}", "message": "unknown parameter"}
-              for name in given if name not in properties]
+    errors = [
+        {"field": f"params.{name}", "message": "unknown parameter"}
+        for name in given
+        if name not in properties
+    ]
     values: dict[str, Any] = {}
     for name, prop in properties.items():
         field = f"params.{name}"

@@ -136,8 +136,7 @@ def _histogram(x, edges, counts):
     return nans, outside
 
 
-def run_histogram(x: np.ndarray, params: dict) -> Outputs:
-    bins = params["bins"]
+def check_histogram(params: dict) -> None:
     chosen = params.get("range")
     if chosen is not None:
         low, high = chosen
@@ -145,7 +144,14 @@ def run_histogram(x: np.ndarray, params: dict) -> Outputs:
             raise ParamError(
                 [{"field": "params.range", "message": "expected [lo, hi] with lo < hi"}]
             )
-    else:
+
+
+def run_histogram(x: np.ndarray, params: dict) -> Outputs:
+    bins = params["bins"]
+    chosen = params.get("range")
+    if chosen is not None:
+        low, high = chosen
+    else:  # the data's finite span: only known now, so an overflow is an input error
         low, high, found = _finite_range(x)
         if not found:
             low, high = 0.0, 1.0
@@ -182,6 +188,7 @@ register(
             "outside_count": "number of non-NaN samples outside the range, ±inf included",
         },
         run=run_histogram,
+        check=check_histogram,
         example={"params": {"bins": 4}, "input": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]},
         inputs=InputRules(
             nonfinite="NaN samples are not binned and are counted in `nan_count`; ±inf "
@@ -231,11 +238,14 @@ def _lerp(a, b, t):
     return a + (b - a) * t
 
 
-def run_quantiles(x: np.ndarray, params: dict) -> Outputs:
-    q = np.array(params["q"], dtype=np.float64)
+def check_quantiles(params: dict) -> None:
     bad = [i for i, p in enumerate(params["q"]) if not 0.0 <= p <= 1.0]
     if bad:
         raise ParamError([{"field": "params.q", "message": f"item {bad[0]}: must be in [0, 1]"}])
+
+
+def run_quantiles(x: np.ndarray, params: dict) -> Outputs:
+    q = np.array(params["q"], dtype=np.float64)
     out = np.empty(q.size, dtype=np.float64)
     nans = _quantiles(x, q, out)
     return {"values": out, "nan_count": int(nans)}
@@ -261,6 +271,7 @@ register(
             "nan_count": "number of NaN samples left out",
         },
         run=run_quantiles,
+        check=check_quantiles,
         example={"params": {"q": [0.1, 0.5, 0.9]}, "input": [3.0, 1.0, 4.0, 1.0, 5.0, 9.0]},
         inputs=InputRules(
             nonfinite="NaN samples are left out (like numpy.nanquantile) and counted in "

@@ -43,7 +43,8 @@ class InputRules:
 @dataclass(frozen=True)
 class Kernel:
     """`run(array, params) -> outputs` is the Python wrapper around the jitted function; it
-    receives an array that already meets `inputs` and parameters with defaults filled in."""
+    receives an array that already meets `inputs` and parameters that passed `check_params`
+    (defaults filled in, `check` passed), so it does not check them again."""
 
     name: str
     summary: str
@@ -52,6 +53,9 @@ class Kernel:
     run: Callable[[np.ndarray, dict[str, Any]], Outputs]
     example: dict[str, Any]  # {"params": {...}, "input": [...]}: docs, tests and warm-up
     inputs: InputRules = field(default_factory=InputRules)
+    # Rules between parameters that the schema cannot express; raises ParamError naming
+    # the field. Called by `check_params`, so a task breaking them is refused at submission.
+    check: Callable[[dict[str, Any]], None] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -64,18 +68,26 @@ class Kernel:
         }
 
     def check_params(self, params: Any) -> dict[str, Any]:
-        return validate_params(self.params, params)
+        """The parameters with defaults filled in, or `ParamError`: the schema, then `check`."""
+        checked = validate_params(self.params, params)
+        if self.check is not None:
+            self.check(checked)
+        return checked
 
     def check_input(self, data: np.ndarray) -> np.ndarray:
         rules = self.inputs
         if data.dtype.name not in rules.dtypes:
-            raise InputError("unsupported_dtype",
-                             f"{self.name} takes {', '.join(rules.dtypes)}, not {data.dtype.name}")
+            raise InputError(
+                "unsupported_dtype",
+                f"{self.name} takes {', '.join(rules.dtypes)}, not {data.dtype.name}",
+            )
         if data.ndim != 1:
             raise InputError("bad_shape", f"{self.name} takes a 1-D array, not {data.ndim}-D")
         if not rules.min_length <= data.size <= rules.max_length:
-            raise InputError("bad_length", f"{self.name} takes {rules.min_length}-"
-                                           f"{rules.max_length} samples, got {data.size}")
+            raise InputError(
+                "bad_length",
+                f"{self.name} takes {rules.min_length}-{rules.max_length} samples, got {data.size}",
+            )
         if not rules.allow_nonfinite and data.size and not np.isfinite(data).all():
             raise InputError("nonfinite_input", f"{self.name} does not accept NaN or inf")
         return np.ascontiguousarray(data)

@@ -119,10 +119,9 @@ def _goertzel(x, omega):
     return max(power, 0.0)
 
 
-def run_goertzel(x: np.ndarray, params: dict) -> Outputs:
+def check_goertzel(params: dict) -> None:
     rate = params["sample_rate_hz"]
-    frequency = params["frequency_hz"]
-    if frequency > rate / 2:
+    if params["frequency_hz"] > rate / 2:
         raise ParamError(
             [
                 {
@@ -131,6 +130,11 @@ def run_goertzel(x: np.ndarray, params: dict) -> Outputs:
                 }
             ]
         )
+
+
+def run_goertzel(x: np.ndarray, params: dict) -> Outputs:
+    rate = params["sample_rate_hz"]
+    frequency = params["frequency_hz"]
     return {"power": float(_goertzel(x, 2.0 * np.pi * frequency / rate))}
 
 
@@ -155,6 +159,7 @@ register(
             "a bin gives (A·n/2)²); 0.0 for an empty input",
         },
         run=run_goertzel,
+        check=check_goertzel,
         example={
             "params": {"frequency_hz": 2.0, "sample_rate_hz": 8.0},
             "input": [0.0, 1.0, 0.0, -1.0, 0.0, 1.0, 0.0, -1.0],

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from appliance.kernels.moving import moving_mean, moving_std
-from appliance.kernels.params import ParamError, integer, number, schema
+from appliance.kernels.params import ParamError, boolean, integer, number, schema
 from appliance.kernels.registry import register
 from appliance.kernels.spec import InputRules, Kernel, Outputs
 
@@ -128,10 +128,13 @@ register(
 )
 
 
+def check_rolling_std(params: dict) -> None:
+    if params["ddof"] >= params["window"]:
+        raise ParamError([{"field": "params.ddof", "message": "must be less than window"}])
+
+
 def run_rolling_std(x: np.ndarray, params: dict) -> Outputs:
     window, ddof = params["window"], params["ddof"]
-    if ddof >= window:
-        raise ParamError([{"field": "params.ddof", "message": "must be less than window"}])
     out = np.empty(max(x.size - window + 1, 0), dtype=x.dtype)
     moving_std(x, window, ddof, out)
     return {"y": out}
@@ -161,6 +164,7 @@ register(
             "input dtype"
         },
         run=run_rolling_std,
+        check=check_rolling_std,
         example={"params": {"window": 3, "ddof": 1}, "input": [1.0, 2.0, 4.0, 8.0, 16.0]},
         inputs=InputRules(
             nonfinite="A window holding a NaN or inf gives NaN (as np.std); windows after "
@@ -295,12 +299,11 @@ register(
         "`fisher` (as scipy.stats.kurtosis with bias=True).",
         params=schema(
             {
-                "fisher": {
-                    "type": "boolean",
-                    "default": True,
-                    "description": "true for excess kurtosis (normal = 0), false for "
+                "fisher": boolean(
+                    default=True,
+                    description="true for excess kurtosis (normal = 0), false for "
                     "Pearson's (normal = 3)",
-                },
+                ),
             }
         ),
         output={"kurtosis": "the kurtosis; NaN for fewer than 2 samples or zero variance"},

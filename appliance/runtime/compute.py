@@ -24,7 +24,11 @@ def kernel_cache_dir(settings: Settings) -> Path:
 
 
 async def warm_kernels(
-    kernels: dict[str, Kernel], health: Health, notifier: Notifier, ready: trio.Event, *,
+    kernels: dict[str, Kernel],
+    health: Health,
+    notifier: Notifier,
+    ready: trio.Event,
+    *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Compile (or load from numba's cache) every kernel in a worker thread; /health shows
@@ -48,22 +52,31 @@ async def warm_kernels(
     ready.set()
 
 
-def build_scheduler(settings: Settings, store: Store, kernels: dict[str, Kernel],
-                    metrics: Metrics, ready: trio.Event) -> Scheduler:
+def build_scheduler(
+    settings: Settings,
+    store: Store,
+    kernels: dict[str, Kernel],
+    metrics: Metrics,
+    ready: trio.Event,
+) -> Scheduler:
     tasks = settings.tasks
-    limits = SchedulerLimits(max_queue=tasks.max_queue, concurrency=tasks.concurrency,
-                             result_ttl_s=tasks.result_ttl_s)
+    limits = SchedulerLimits(
+        max_queue=tasks.max_queue, concurrency=tasks.concurrency, result_ttl_s=tasks.result_ttl_s
+    )
 
     def observe(kernel: str, outcome: str, seconds: float) -> None:
         metrics.task_runs.labels(kernel, outcome).inc()
         metrics.task_seconds.labels(kernel).observe(seconds)
 
-    scheduler = Scheduler(TaskRepository(store), kernels, limits, kernels_ready=ready,
-                          observe=observe)
-    metrics.gauges(lambda: {
-        "appliance_task_queue_depth": ("Tasks waiting to run", len(scheduler.queue)),
-        "appliance_tasks_running": ("Tasks running now", scheduler.status()["running"]),
-    })
+    scheduler = Scheduler(
+        TaskRepository(store), kernels, limits, kernels_ready=ready, observe=observe
+    )
+    metrics.gauges(
+        lambda: {
+            "appliance_task_queue_depth": ("Tasks waiting to run", len(scheduler.queue)),
+            "appliance_tasks_running": ("Tasks running now", scheduler.status()["running"]),
+        }
+    )
     return scheduler
 
 

@@ -29,15 +29,18 @@ def parse_input(raw: Any, *, max_samples: int) -> np.ndarray:
         return _from_list(raw, max_samples)
     if isinstance(raw, dict):
         return _from_typed(raw, max_samples)
-    raise InputFormatError("bad_input", "input must be a list of numbers or "
-                                        '{"dtype", "shape", "data"}')
+    raise InputFormatError(
+        "bad_input", 'input must be a list of numbers or {"dtype", "shape", "data"}'
+    )
 
 
 def _from_list(values: list[Any], max_samples: int) -> np.ndarray:
     if len(values) > max_samples:
-        raise InputFormatError("input_too_large",
-                               f"input has {len(values)} samples; the limit is {max_samples}",
-                               status=413)
+        raise InputFormatError(
+            "input_too_large",
+            f"input has {len(values)} samples; the limit is {max_samples}",
+            status=413,
+        )
     for index, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputFormatError("bad_input", f"input[{index}] is not a number")
@@ -55,19 +58,22 @@ def _from_typed(spec: dict[str, Any], max_samples: int) -> np.ndarray:
         raise InputFormatError("bad_input", f"unknown input fields: {', '.join(sorted(unknown))}")
     dtype_name = spec.get("dtype")
     if dtype_name not in DTYPES:
-        raise InputFormatError("unsupported_dtype",
-                               f"input dtype must be one of {', '.join(DTYPES)}")
+        raise InputFormatError(
+            "unsupported_dtype", f"input dtype must be one of {', '.join(DTYPES)}"
+        )
     dtype = DTYPES[dtype_name]
     shape = spec.get("shape")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                       for n in shape)):
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
         raise InputFormatError("bad_shape", "shape must be a list of 1 or 2 non-negative ints")
     count = math.prod(shape)
     if count > max_samples:
-        raise InputFormatError("input_too_large",
-                               f"input has {count} samples; the limit is {max_samples}",
-                               status=413)
+        raise InputFormatError(
+            "input_too_large", f"input has {count} samples; the limit is {max_samples}", status=413
+        )
     data = spec.get("data")
     if isinstance(data, str):
         expected_chars = 4 * math.ceil(count * dtype.itemsize / 3)
@@ -80,9 +86,11 @@ def _from_typed(spec: dict[str, Any], max_samples: int) -> np.ndarray:
     if not isinstance(data, bytes | bytearray):
         raise InputFormatError("bad_input", "data must be base64 text (JSON) or bytes (CBOR)")
     if len(data) != count * dtype.itemsize:
-        raise InputFormatError("shape_mismatch",
-                               f"shape {shape} of {dtype_name} needs {count * dtype.itemsize} "
-                               f"bytes, data has {len(data)}")
+        raise InputFormatError(
+            "shape_mismatch",
+            f"shape {shape} of {dtype_name} needs {count * dtype.itemsize} "
+            f"bytes, data has {len(data)}",
+        )
     array = np.frombuffer(bytes(data), dtype=dtype).reshape(shape)
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
@@ -99,8 +107,10 @@ def decode_array(spec: dict[str, Any]) -> np.ndarray:
 
 
 def outputs_to_storable(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: encode_array(value) if isinstance(value, np.ndarray) else value
-            for name, value in outputs.items()}
+    return {
+        name: encode_array(value) if isinstance(value, np.ndarray) else value
+        for name, value in outputs.items()
+    }
 
 
 def storable_to_json(stored: dict[str, Any]) -> dict[str, Any]:

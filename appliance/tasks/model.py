@@ -28,8 +28,15 @@ class TaskState(enum.StrEnum):
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.CANCELLED}),
-    TaskState.RUNNING: frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED,
-                                  TaskState.TIMED_OUT, TaskState.QUEUED}),
+    TaskState.RUNNING: frozenset(
+        {
+            TaskState.SUCCEEDED,
+            TaskState.FAILED,
+            TaskState.CANCELLED,
+            TaskState.TIMED_OUT,
+            TaskState.QUEUED,
+        }
+    ),
     TaskState.SUCCEEDED: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.CANCELLED: frozenset(),
@@ -88,8 +95,13 @@ class Task:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Task:
-        return cls(**{**record, "state": TaskState(record["state"]),
-                      "history": tuple(record.get("history", ()))})
+        return cls(
+            **{
+                **record,
+                "state": TaskState(record["state"]),
+                "history": tuple(record.get("history", ())),
+            }
+        )
 
     def public(self) -> dict[str, Any]:
         record = self.to_record()

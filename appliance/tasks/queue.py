@@ -29,8 +29,9 @@ class RunQueue:
     def __len__(self) -> int:
         return len(self._ready) + len(self._delayed) - len(self._removed)
 
-    def put(self, task_id: str, priority: int, *, not_before: float | None = None,
-            force: bool = False) -> None:
+    def put(
+        self, task_id: str, priority: int, *, not_before: float | None = None, force: bool = False
+    ) -> None:
         """Queue a task; `not_before` is `trio.current_time()`-based. `force` is for tasks
         already accepted earlier (recovery, retries), which must never be dropped."""
         if not force and len(self) >= self.capacity:

@@ -78,8 +78,9 @@ class TaskRepository:
     def result(self, task_id: str) -> dict[str, Any] | None:
         return self._store.get("task_results", pack_key(task_id))
 
-    def list(self, *, state: str | None = None, limit: int = 100,
-             before: str | None = None) -> list[Task]:
+    def list(
+        self, *, state: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[Task]:
         """Newest first; `before` pages on (an id from the previous page)."""
         tasks: list[Task] = []
         cursor = pack_key(before) if before else None
@@ -110,7 +111,8 @@ class TaskRepository:
 
         def write(txn: WriteTxn) -> int:
             doomed = [
-                (key, record) for key, record in txn.iter("tasks")
+                (key, record)
+                for key, record in txn.iter("tasks")
                 if record["state"] in finished and (record["finished_at"] or 0) < cutoff
             ][:batch]
             for key, record in doomed:

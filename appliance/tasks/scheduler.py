@@ -67,10 +67,16 @@ class _HeldSlot:
 
 
 class Scheduler:
-    def __init__(self, repository: TaskRepository, kernels: dict[str, Kernel],
-                 limits: SchedulerLimits, *, kernels_ready: trio.Event,
-                 observe: Callable[[str, str, float], None] | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        repository: TaskRepository,
+        kernels: dict[str, Kernel],
+        limits: SchedulerLimits,
+        *,
+        kernels_ready: trio.Event,
+        observe: Callable[[str, str, float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.repository = repository
         self.kernels = kernels
         self.limits = limits
@@ -85,17 +91,35 @@ class Scheduler:
 
     # Submitting and controlling tasks (called by the API).
 
-    async def submit(self, kernel: str, params: dict[str, Any], data, *, priority: int,
-                     timeout_s: float, max_retries: int, idempotency_key: str | None,
-                     submitted_by: str) -> tuple[Task, bool]:
+    async def submit(
+        self,
+        kernel: str,
+        params: dict[str, Any],
+        data,
+        *,
+        priority: int,
+        timeout_s: float,
+        max_retries: int,
+        idempotency_key: str | None,
+        submitted_by: str,
+    ) -> tuple[Task, bool]:
         """Queue a checked task; returns (task, created). An idempotency key that was used
         before returns that task and `created=False`. Raises `QueueFull`."""
         if len(self.queue) >= self.queue.capacity:
             raise QueueFull(f"the task queue holds {self.queue.capacity} tasks")
-        task = Task(id=new_task_id(), kernel=kernel, params=params, priority=priority,
-                    timeout_s=timeout_s, max_retries=max_retries, created_at=time.time(),
-                    idempotency_key=idempotency_key, submitted_by=submitted_by,
-                    input_samples=int(data.size), input_dtype=data.dtype.name)
+        task = Task(
+            id=new_task_id(),
+            kernel=kernel,
+            params=params,
+            priority=priority,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            created_at=time.time(),
+            idempotency_key=idempotency_key,
+            submitted_by=submitted_by,
+            input_samples=int(data.size),
+            input_dtype=data.dtype.name,
+        )
         try:
             await self.repository.add(task, data)
         except DuplicateKey as duplicate:
@@ -114,8 +138,11 @@ class Scheduler:
                 await recorded.wait()
             return self.repository.get(task.id) or task
         self.queue.remove(task.id)
-        cancelled = task.moved(TaskState.CANCELLED, finished_at=time.time(),
-                               error={"code": "cancelled", "message": "cancelled by request"})
+        cancelled = task.moved(
+            TaskState.CANCELLED,
+            finished_at=time.time(),
+            error={"code": "cancelled", "message": "cancelled by request"},
+        )
         await self._record(task, cancelled)
         return cancelled
 
@@ -132,8 +159,7 @@ class Scheduler:
 
     # The service.
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._recover()
         async with trio.open_nursery() as nursery:
             for _ in range(self.limits.workers):
@@ -178,8 +204,9 @@ class Scheduler:
                     self.slots.release_on_behalf_of(borrower)
 
     async def _run(self, task: Task, slot: _HeldSlot) -> None:
-        running = task.moved(TaskState.RUNNING, started_at=time.time(),
-                             attempts=task.attempts + 1, not_before=None)
+        running = task.moved(
+            TaskState.RUNNING, started_at=time.time(), attempts=task.attempts + 1, not_before=None
+        )
         await self._record(task, running)
         kernel = self.kernels[task.kernel]
         data = self.repository.input(task.id)
@@ -191,7 +218,8 @@ class Scheduler:
             scope.deadline = trio.current_time() + task.timeout_s
             try:
                 outputs = await trio.to_thread.run_sync(
-                    kernel.run, data, task.params, limiter=slot, abandon_on_cancel=True)
+                    kernel.run, data, task.params, limiter=slot, abandon_on_cancel=True
+                )
                 outcome = ("succeeded", outputs)
             except Exception as exc:  # the kernel raised in its thread
                 outcome = ("error", exc)
@@ -212,12 +240,10 @@ class Scheduler:
             await self._record(task, done, result=outputs_to_storable(value))
         elif outcome == "timed_out":
             error = {"code": "timed_out", "message": f"no result within {task.timeout_s} s"}
-            await self._record(task, task.moved(TaskState.TIMED_OUT, finished_at=now,
-                                                error=error))
+            await self._record(task, task.moved(TaskState.TIMED_OUT, finished_at=now, error=error))
         elif outcome == "cancelled":
             error = {"code": "cancelled", "message": "cancelled while running"}
-            await self._record(task, task.moved(TaskState.CANCELLED, finished_at=now,
-                                                error=error))
+            await self._record(task, task.moved(TaskState.CANCELLED, finished_at=now, error=error))
         else:
             await self._fail(task, value)
 
@@ -227,20 +253,21 @@ class Scheduler:
             delay = self._backoff(task.attempts)
             retry = task.moved(TaskState.QUEUED, error=error, not_before=time.time() + delay)
             await self._record(task, retry)
-            self.queue.put(task.id, task.priority, not_before=trio.current_time() + delay,
-                           force=True)
+            self.queue.put(
+                task.id, task.priority, not_before=trio.current_time() + delay, force=True
+            )
             return
         log.warning("task %s (%s) failed: %s", task.id, task.kernel, error["message"])
-        await self._record(task, task.moved(TaskState.FAILED, finished_at=time.time(),
-                                            error=error))
+        await self._record(task, task.moved(TaskState.FAILED, finished_at=time.time(), error=error))
 
     def _backoff(self, attempts: int) -> float:
         """Full jitter: uniform in [0, min(max, base·2^(attempts-1))]."""
         ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * math.pow(2, max(attempts - 1, 0)))
         return self._rng.uniform(0, ceiling)
 
-    async def _record(self, before: Task, after: Task, *,
-                      result: dict[str, Any] | None = None) -> None:
+    async def _record(
+        self, before: Task, after: Task, *, result: dict[str, Any] | None = None
+    ) -> None:
         await self.repository.save(after, result=result)
         self._counts[str(before.state)] -= 1
         self._counts[str(after.state)] += 1

@@ -25,8 +25,7 @@ NEW_TASK = {
     "priority": Field(int, required=False, minimum=0, maximum=9),
     "timeout_s": Field((int, float), required=False, minimum=0.001, maximum=86400),
     "max_retries": Field(int, required=False, minimum=0, maximum=10),
-    "idempotency_key": Field(str, required=False, min_length=1, max_length=128,
-                             printable=True),
+    "idempotency_key": Field(str, required=False, min_length=1, max_length=128, printable=True),
 }
 
 
@@ -41,8 +40,9 @@ def scheduler():
 @requires("viewer")
 async def list_kernels() -> Response:
     kernels = context().kernels
-    return jsonify({"kernels": [
-        {"name": k.name, "summary": k.summary} for _, k in sorted(kernels.items())]})
+    return jsonify(
+        {"kernels": [{"name": k.name, "summary": k.summary} for _, k in sorted(kernels.items())]}
+    )
 
 
 @blueprint.get("/api/v1/kernels/<name>")
@@ -74,24 +74,33 @@ async def submit_task() -> tuple[Response, int]:
     body = await _task_body()
     kernel = ctx.kernels.get(body["kernel"])
     if kernel is None:
-        raise Problem(422, "unknown_kernel", f"no kernel {body['kernel']!r}",
-                      errors=[{"field": "kernel", "message": "unknown kernel"}])
+        raise Problem(
+            422,
+            "unknown_kernel",
+            f"no kernel {body['kernel']!r}",
+            errors=[{"field": "kernel", "message": "unknown kernel"}],
+        )
     try:
         params = kernel.check_params(body.get("params"))
-        data = kernel.check_input(parse_input(body["input"],
-                                              max_samples=ctx.settings().tasks.max_input_samples))
+        data = kernel.check_input(
+            parse_input(body["input"], max_samples=ctx.settings().tasks.max_input_samples)
+        )
     except ParamError as exc:
         raise Problem(422, "invalid_params", str(exc), errors=exc.errors) from None
     except InputFormatError as exc:
-        raise Problem(exc.status, exc.code, str(exc),
-                      errors=[{"field": "input", "message": str(exc)}]) from None
+        raise Problem(
+            exc.status, exc.code, str(exc), errors=[{"field": "input", "message": str(exc)}]
+        ) from None
     except InputError as exc:
-        raise Problem(422, exc.code, str(exc),
-                      errors=[{"field": "input", "message": str(exc)}]) from None
+        raise Problem(
+            422, exc.code, str(exc), errors=[{"field": "input", "message": str(exc)}]
+        ) from None
     defaults = ctx.settings().tasks
     try:
         task, created = await scheduler().submit(
-            kernel.name, params, data,
+            kernel.name,
+            params,
+            data,
             priority=body.get("priority", 5),
             timeout_s=float(body.get("timeout_s", defaults.default_timeout_s)),
             max_retries=body.get("max_retries", 2),
@@ -116,14 +125,23 @@ def _task_or_404(task_id: str) -> Task:
 async def list_tasks() -> Response:
     state = request.args.get("state")
     if state is not None and state not in {s.value for s in TaskState}:
-        raise Problem(422, "validation_failed", "unknown state",
-                      errors=[{"field": "state", "message": "unknown state"}])
+        raise Problem(
+            422,
+            "validation_failed",
+            "unknown state",
+            errors=[{"field": "state", "message": "unknown state"}],
+        )
     raw_limit = request.args.get("limit", "100")
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:
-        raise Problem(422, "validation_failed", "limit must be 1-1000",
-                      errors=[{"field": "limit", "message": "expected 1-1000"}])
-    tasks = scheduler().repository.list(state=state, limit=int(raw_limit),
-                                        before=request.args.get("before"))
+        raise Problem(
+            422,
+            "validation_failed",
+            "limit must be 1-1000",
+            errors=[{"field": "limit", "message": "expected 1-1000"}],
+        )
+    tasks = scheduler().repository.list(
+        state=state, limit=int(raw_limit), before=request.args.get("before")
+    )
     return jsonify({"tasks": [task.public() for task in tasks]})
 
 
@@ -138,17 +156,24 @@ async def get_task(task_id: str) -> Response:
 async def get_result(task_id: str) -> Response:
     task = _task_or_404(task_id)
     if not task.finished:
-        raise Problem(409, "task_not_finished", f"task {task_id} is {task.state}",
-                      state=str(task.state))
+        raise Problem(
+            409, "task_not_finished", f"task {task_id} is {task.state}", state=str(task.state)
+        )
     stored = scheduler().repository.result(task_id)
     if stored is None:
-        raise Problem(409, "task_has_no_result", f"task {task_id} ended {task.state}",
-                      state=str(task.state), error=task.error)
+        raise Problem(
+            409,
+            "task_has_no_result",
+            f"task {task_id} ended {task.state}",
+            state=str(task.state),
+            error=task.error,
+        )
     body = {"task_id": task.id, "kernel": task.kernel}
     if CBOR in request.headers.get("Accept", ""):
         return Response(cbor2.dumps({**body, "outputs": stored}), content_type=CBOR)
-    return Response(json.dumps({**body, "outputs": storable_to_json(stored)}),
-                    content_type="application/json")
+    return Response(
+        json.dumps({**body, "outputs": storable_to_json(stored)}), content_type="application/json"
+    )
 
 
 @blueprint.post("/api/v1/tasks/<task_id>/cancel")
@@ -156,8 +181,12 @@ async def get_result(task_id: str) -> Response:
 async def cancel_task(task_id: str) -> Response:
     task = _task_or_404(task_id)
     if task.finished:
-        raise Problem(409, "task_finished", f"task {task_id} already ended {task.state}",
-                      state=str(task.state))
+        raise Problem(
+            409,
+            "task_finished",
+            f"task {task_id} already ended {task.state}",
+            state=str(task.state),
+        )
     g.audit_target = f"task:{task_id}"
     return jsonify((await scheduler().cancel(task)).public())
 
