@@ -83,13 +83,18 @@ async def submit(scheduler, kernel, data=(1.0, 2.0), **options):
     return task
 
 
-async def wait_finished(scheduler, task_id, timeout=30.0) -> Task:
-    with trio.fail_after(timeout):
+async def wait_finished(scheduler, task_id) -> Task:
+    return await wait_until(scheduler, task_id, lambda task: task.finished)
+
+
+async def wait_until(scheduler, task_id, predicate) -> Task:
+    """Poll the store (the state of record) for a task; fail after 30 s."""
+    with trio.fail_after(30):
         while True:
             task = scheduler.repository.get(task_id)
-            if task.finished:
+            if predicate(task):
                 return task
-            await trio.sleep(0.01)
+            await trio.sleep(0.005)
 
 
 async def test_success_stores_the_result(store):
@@ -98,6 +103,10 @@ async def test_success_stores_the_result(store):
         scheduler = nursery.scheduler
         task = await submit(scheduler, "rms", (3.0, 4.0, 3.0, 4.0))
         done = await wait_finished(scheduler, task.id)
+        # The in-memory totals follow the store's record a step later.
+        with trio.fail_after(10):
+            while scheduler.status()["totals"]["succeeded"] != 1:  # noqa: ASYNC110
+                await trio.sleep(0.005)
         nursery.cancel_scope.cancel()
     assert done.state is TaskState.SUCCEEDED and done.attempts == 1
     assert done.started_at <= done.finished_at
@@ -177,9 +186,7 @@ async def test_cancel_queued_and_running(store):
         scheduler = nursery.scheduler
         running = await submit(scheduler, "slow")
         queued = await submit(scheduler, "slow")
-        with trio.fail_after(10):
-            while scheduler.repository.get(running.id).state is not TaskState.RUNNING:
-                await trio.sleep(0.005)
+        await wait_until(scheduler, running.id, lambda task: task.state is TaskState.RUNNING)
         cancelled_queued = await scheduler.cancel(scheduler.repository.get(queued.id))
         assert cancelled_queued.state is TaskState.CANCELLED
         cancelled_running = await scheduler.cancel(scheduler.repository.get(running.id))
@@ -217,9 +224,7 @@ async def test_priority_order_with_one_worker(store):
         await store_and_scheduler(nursery, store, kernels, concurrency=1)
         scheduler = nursery.scheduler
         first = await submit(scheduler, "blocker")
-        with trio.fail_after(10):
-            while scheduler.repository.get(first.id).state is not TaskState.RUNNING:
-                await trio.sleep(0.005)
+        await wait_until(scheduler, first.id, lambda task: task.state is TaskState.RUNNING)
         tasks = [
             await submit(scheduler, name, priority=priority)
             for name, priority in (("low", 1), ("high", 9), ("mid", 5))
