@@ -7,7 +7,7 @@ import logging
 import sys
 
 from appliance import __version__
-from appliance.cli import admin, run, status, tokens
+from appliance.cli import admin, run, status, tasks, tokens
 from appliance.cli.common import BAD_CONFIG, FAILURE, CliError, add_settings_options
 from appliance.runtime import AlreadyRunning, StartupError
 from appliance.settings import SettingsError
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, status, tokens, admin):
+    for module in (run, status, tokens, tasks, admin):
         module.register(commands, parent)
     return parser
 

@@ -29,7 +29,7 @@ def load_kernels(cache_dir: Path | None) -> dict[str, Kernel]:
     """Import every kernel module with numba caching into `cache_dir`.
 
     An existing `$NUMBA_CACHE_DIR` (set by the systemd unit) wins over `cache_dir`."""
-    if cache_dir is not None and "NUMBA_CACHE_DIR" not in os.environ:
+    if cache_dir is not None and not os.environ.get("NUMBA_CACHE_DIR"):
         cache_dir.mkdir(parents=True, exist_ok=True)
         os.environ["NUMBA_CACHE_DIR"] = str(cache_dir)
         import numba.core.config

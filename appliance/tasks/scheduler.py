@@ -66,6 +66,12 @@ class _HeldSlot:
         self._limiter.release_on_behalf_of(self._borrower)
 
 
+def _checked_run(kernel: Kernel, data, params: dict[str, Any]) -> dict[str, Any]:
+    """Check the stored parameters again (cheap) before the jitted code trusts them: a
+    record written by an older version must not reach numba unchecked."""
+    return kernel.run(data, kernel.check_params(params))
+
+
 class Scheduler:
     def __init__(
         self,

@@ -1,0 +1,159 @@
+"""`appliance task submit|get|cancel`: tasks through the running appliance's HTTP API.
+
+The endpoint comes from `--url` or DATA_DIR/run/endpoints.json; the token from `--token`,
+`$APPLIANCE_TOKEN`, or DATA_DIR/admin.token when this user may read it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from appliance.cli.common import USAGE, CliError, say, settings_from
+from appliance.runtime.endpoints import read_endpoints
+
+POLL_S = 0.05
+
+
+def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    task = commands.add_parser("task", help="submit, inspect and cancel tasks", parents=[parent])
+    sub = task.add_subparsers(dest="task_command", required=True, metavar="COMMAND")
+    client = argparse.ArgumentParser(add_help=False, parents=[parent])
+    client.add_argument("--url", help="base URL (default: from DATA_DIR/run/endpoints.json)")
+    client.add_argument("--token", help="API token (default: $APPLIANCE_TOKEN)")
+
+    submit = sub.add_parser("submit", parents=[client], help="submit a task")
+    submit.add_argument("kernel")
+    submit.add_argument(
+        "--input",
+        required=True,
+        metavar="JSON|@FILE|-",
+        help='a JSON list of numbers or {"dtype","shape","data"}; @FILE or '
+        "- reads it from a file or standard input",
+    )
+    submit.add_argument("--params", default="{}", metavar="JSON", help="kernel parameters")
+    submit.add_argument("--priority", type=int, default=5, help="0-9, higher runs first")
+    submit.add_argument("--timeout", type=float, help="seconds")
+    submit.add_argument("--retries", type=int, help="retries for retryable failures")
+    submit.add_argument("--key", help="idempotency key")
+    submit.add_argument(
+        "--wait", action="store_true", help="wait for the task to end and print its result"
+    )
+    submit.set_defaults(handler=submit_task)
+
+    get = sub.add_parser("get", parents=[client], help="show a task")
+    get.add_argument("task_id")
+    get.add_argument("--result", action="store_true", help="print its result instead")
+    get.set_defaults(handler=get_task)
+
+    cancel = sub.add_parser("cancel", parents=[client], help="cancel a queued or running task")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(handler=cancel_task)
+
+
+def submit_task(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "kernel": args.kernel,
+        "priority": args.priority,
+        "params": _json_arg("--params", args.params),
+        "input": _json_arg("--input", _read_input(args.input)),
+    }
+    for key, value in (
+        ("timeout_s", args.timeout),
+        ("max_retries", args.retries),
+        ("idempotency_key", args.key),
+    ):
+        if value is not None:
+            body[key] = value
+    with _client(args) as http:
+        task = _check(http.post("/api/v1/tasks", json=body))
+        if not args.wait:
+            say(json.dumps(task, indent=2))
+            return 0
+        return _print_result(http, _wait(http, task["id"]))
+
+
+def get_task(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        task = _check(http.get(f"/api/v1/tasks/{args.task_id}"))
+        if args.result:
+            return _print_result(http, task)
+    say(json.dumps(task, indent=2))
+    return 0
+
+
+def cancel_task(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        task = _check(http.post(f"/api/v1/tasks/{args.task_id}/cancel"))
+    say(json.dumps(task, indent=2))
+    return 0
+
+
+def _print_result(http: httpx.Client, task: dict) -> int:
+    if task["state"] != "succeeded":
+        error = task.get("error") or {}
+        raise CliError(f"task {task['id']} {task['state']}: {error.get('message', '')}".strip())
+    say(json.dumps(_check(http.get(f"/api/v1/tasks/{task['id']}/result")), indent=2))
+    return 0
+
+
+def _wait(http: httpx.Client, task_id: str) -> dict:
+    while True:
+        task = _check(http.get(f"/api/v1/tasks/{task_id}"))
+        if task["finished"]:
+            return task
+        time.sleep(POLL_S)
+
+
+def _read_input(value: str) -> str:
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read {value[1:]}: {exc.strerror}", USAGE) from None
+    return value
+
+
+def _json_arg(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{name} is not valid JSON: {exc.msg}", USAGE) from None
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    url = args.url
+    settings = settings_from(args)
+    if url is None:
+        try:
+            url = read_endpoints(settings.data_dir / "run" / "endpoints.json")["http"]
+        except (OSError, ValueError, KeyError):
+            raise CliError(
+                f"the appliance is not running on {settings.data_dir}; pass --url"
+            ) from None
+    token = args.token or os.environ.get("APPLIANCE_TOKEN")
+    if not token:
+        try:
+            token = (settings.data_dir / "admin.token").read_text().strip()
+        except OSError:
+            raise CliError("no token: pass --token or set APPLIANCE_TOKEN", USAGE) from None
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+
+
+def _check(response: httpx.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code >= 400:
+        code = body.get("code", f"http_{response.status_code}")
+        raise CliError(f"{code}: {body.get('detail', response.text[:200])}")
+    return body
