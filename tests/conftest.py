@@ -214,7 +214,11 @@ def appliance(start_appliance) -> ApplianceProcess:
 
 @pytest.fixture(scope="module")
 def shared_appliance(tmp_path_factory) -> Iterator[ApplianceProcess]:
-    process = ApplianceProcess(tmp_path_factory.mktemp("shared") / "data").wait_ready()
+    """One process for a module of read-mostly tests. Its rate limit is raised so a module's
+    many quick requests are not refused; the rate limit has tests of its own."""
+    roomy = {"APPLIANCE_RATELIMIT_RATE": "10000", "APPLIANCE_RATELIMIT_BURST": "10000"}
+    process = ApplianceProcess(tmp_path_factory.mktemp("shared") / "data", env=roomy)
+    process.wait_ready()
     yield process
     process.stop()
 

@@ -2,7 +2,8 @@
 
 Written by hand next to the routes (a test checks that every route is in it and nothing
 else is), because the contract is what integrators read and it should say what we mean,
-not what a generator guessed from signatures.
+not what a generator guessed from signatures. It is long because it is one document (data,
+not logic); splitting it per area would scatter the contract an integrator reads whole.
 """
 
 from __future__ import annotations

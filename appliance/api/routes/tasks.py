@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import cbor2
+import trio
 from quart import Blueprint, Response, g, jsonify, request
 
 from appliance.api.bodies import Field, parse_json, validate
@@ -54,25 +55,25 @@ async def describe_kernel(name: str) -> Response:
     return jsonify(kernel.describe())
 
 
-async def _task_body() -> dict[str, Any]:
-    raw = await request.get_data()
-    media = (request.content_type or "").split(";")[0].strip().lower()
+# Bodies and results above this size are decoded and encoded in a worker thread, so a
+# 60 MB submission or a 10⁷-sample result never stalls the event loop.
+THREAD_ABOVE_BYTES = 64 * 1024
+
+
+def _decode_submission(
+    raw: bytes, content_type: str | None, kernels: dict, max_samples: int
+) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
+    """Body bytes -> (kernel, checked params, checked input array, body). Raises Problem."""
+    media = (content_type or "").split(";")[0].strip().lower()
     if media == CBOR:
         try:
             document = cbor2.loads(raw)
         except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError, OverflowError):
             raise Problem(400, "malformed_cbor", "the body is not valid CBOR") from None
     else:
-        document = parse_json(raw, request.content_type)
-    return validate(document, NEW_TASK)
-
-
-@blueprint.post("/api/v1/tasks")
-@requires("operator")
-async def submit_task() -> tuple[Response, int]:
-    ctx = context()
-    body = await _task_body()
-    kernel = ctx.kernels.get(body["kernel"])
+        document = parse_json(raw, content_type)
+    body = validate(document, NEW_TASK)
+    kernel = kernels.get(body["kernel"])
     if kernel is None:
         raise Problem(
             422,
@@ -82,9 +83,7 @@ async def submit_task() -> tuple[Response, int]:
         )
     try:
         params = kernel.check_params(body.get("params"))
-        data = kernel.check_input(
-            parse_input(body["input"], max_samples=ctx.settings().tasks.max_input_samples)
-        )
+        data = kernel.check_input(parse_input(body["input"], max_samples=max_samples))
     except ParamError as exc:
         raise Problem(422, "invalid_params", str(exc), errors=exc.errors) from None
     except InputFormatError as exc:
@@ -95,6 +94,28 @@ async def submit_task() -> tuple[Response, int]:
         raise Problem(
             422, exc.code, str(exc), errors=[{"field": "input", "message": str(exc)}]
         ) from None
+    return kernel, params, data, body
+
+
+async def _off_loop_if_large(size: int, fn, *args):
+    if size > THREAD_ABOVE_BYTES:
+        return await trio.to_thread.run_sync(fn, *args)
+    return fn(*args)
+
+
+@blueprint.post("/api/v1/tasks")
+@requires("operator")
+async def submit_task() -> tuple[Response, int]:
+    ctx = context()
+    raw = await request.get_data()
+    kernel, params, data, body = await _off_loop_if_large(
+        len(raw),
+        _decode_submission,
+        raw,
+        request.content_type,
+        ctx.kernels,
+        ctx.settings().tasks.max_input_samples,
+    )
     defaults = ctx.settings().tasks
     try:
         task, created = await scheduler().submit(
