@@ -24,10 +24,11 @@ class RunQueue:
         self._delayed: list[tuple[float, int, int, str]] = []  # (due, -priority, seq, id)
         self._seq = itertools.count()
         self._changed = trio.Event()
-        self._removed: set[str] = set()
+        self._queued: set[str] = set()  # ids in a heap and not removed
+        self._removed: set[str] = set()  # ids still in a heap, to skip when they come up
 
     def __len__(self) -> int:
-        return len(self._ready) + len(self._delayed) - len(self._removed)
+        return len(self._queued)
 
     def put(
         self, task_id: str, priority: int, *, not_before: float | None = None, force: bool = False
@@ -36,7 +37,13 @@ class RunQueue:
         already accepted earlier (recovery, retries), which must never be dropped."""
         if not force and len(self) >= self.capacity:
             raise QueueFull(f"the task queue holds {self.capacity} tasks")
-        self._removed.discard(task_id)
+        if task_id in self._queued:
+            return  # already waiting its turn
+        if task_id in self._removed:
+            self._removed.discard(task_id)  # its old heap entry comes back to life
+            self._queued.add(task_id)
+            return
+        self._queued.add(task_id)
         if not_before is not None and not_before > trio.current_time():
             heapq.heappush(self._delayed, (not_before, -priority, next(self._seq), task_id))
         else:
@@ -44,8 +51,11 @@ class RunQueue:
         self._changed.set()
 
     def remove(self, task_id: str) -> None:
-        """Forget a queued task (cancelled); it is skipped when it comes up."""
-        self._removed.add(task_id)
+        """Forget a queued task (cancelled); it is skipped when it comes up. A task that is
+        not waiting here (a worker has it) is left alone."""
+        if task_id in self._queued:
+            self._queued.discard(task_id)
+            self._removed.add(task_id)
 
     async def get(self) -> str:
         while True:
@@ -58,6 +68,7 @@ class RunQueue:
                 if task_id in self._removed:
                     self._removed.discard(task_id)
                     continue
+                self._queued.discard(task_id)
                 return task_id
             self._changed = trio.Event()
             wait = self._delayed[0][0] - now if self._delayed else math.inf

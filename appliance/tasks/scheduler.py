@@ -91,6 +91,7 @@ class Scheduler:
         self.kernels_ready = kernels_ready
         self._running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self._cancel_requested: set[str] = set()
+        self._cancelling: set[str] = set()
         self._counts: Counter[str] = Counter()
         self._observe = observe or (lambda kernel, outcome, seconds: None)
         self._rng = rng or random.Random()
@@ -135,21 +136,31 @@ class Scheduler:
         return task, True
 
     async def cancel(self, task: Task) -> Task:
-        """Cancel a queued or running task. The caller checked that it is not finished."""
-        if task.state is TaskState.RUNNING and task.id in self._running:
+        """Cancel a queued or running task; a task that ended meanwhile is returned as is.
+
+        Everything is decided on the scheduler's own view (no await before the decision),
+        so a worker picking the task up at the same moment cannot undo the cancel."""
+        if task.id in self._running:
             scope, recorded = self._running[task.id]
             self._cancel_requested.add(task.id)
             scope.cancel()  # the wait ends now; the kernel thread runs on, see above
             with trio.move_on_after(CANCEL_RECORD_WAIT_S):
                 await recorded.wait()
             return self.repository.get(task.id) or task
+        current = self.repository.get(task.id) or task
+        if current.state is not TaskState.QUEUED:
+            return current
+        self._cancelling.add(task.id)  # a worker that already took it skips it
         self.queue.remove(task.id)
-        cancelled = task.moved(
+        cancelled = current.moved(
             TaskState.CANCELLED,
             finished_at=time.time(),
             error={"code": "cancelled", "message": "cancelled by request"},
         )
-        await self._record(task, cancelled)
+        try:
+            await self._record(current, cancelled)
+        finally:
+            self._cancelling.discard(task.id)
         return cancelled
 
     def status(self) -> dict[str, Any]:
@@ -197,14 +208,18 @@ class Scheduler:
         await self.kernels_ready.wait()
         while True:
             task_id = await self.queue.get()
-            task = self.repository.get(task_id)
-            if task is None or task.state is not TaskState.QUEUED:
-                continue
             borrower = object()
             await self.slots.acquire_on_behalf_of(borrower)
             slot = _HeldSlot(self.slots, borrower)
             try:
-                await self._run(task, slot)
+                # Read after the slot is ours: a cancel may have come while we waited.
+                task = self.repository.get(task_id)
+                if (
+                    task is not None
+                    and task.state is TaskState.QUEUED
+                    and task_id not in self._cancelling
+                ):
+                    await self._run(task, slot)
             finally:
                 if not slot.handed_to_thread:
                     self.slots.release_on_behalf_of(borrower)
@@ -213,18 +228,24 @@ class Scheduler:
         running = task.moved(
             TaskState.RUNNING, started_at=time.time(), attempts=task.attempts + 1, not_before=None
         )
-        await self._record(task, running)
         kernel = self.kernels[task.kernel]
-        data = self.repository.input(task.id)
-        started = time.perf_counter()
         outcome: tuple[str, Any] = ("cancelled", None)
         recorded = trio.Event()
+        started = time.perf_counter()
         with trio.CancelScope() as scope:
+            # Registered before the first await, so a cancel from now on finds the scope.
             self._running[task.id] = (scope, recorded)
             scope.deadline = trio.current_time() + task.timeout_s
+            await self._record(task, running)
+            data = self.repository.input(task.id)
             try:
                 outputs = await trio.to_thread.run_sync(
-                    kernel.run, data, task.params, limiter=slot, abandon_on_cancel=True
+                    _checked_run,
+                    kernel,
+                    data,
+                    task.params,
+                    limiter=slot,
+                    abandon_on_cancel=True,
                 )
                 outcome = ("succeeded", outputs)
             except Exception as exc:  # the kernel raised in its thread
@@ -274,9 +295,10 @@ class Scheduler:
     async def _record(
         self, before: Task, after: Task, *, result: dict[str, Any] | None = None
     ) -> None:
-        await self.repository.save(after, result=result)
+        # Counted first: a cancel arriving during the save must not leave the totals behind.
         self._counts[str(before.state)] -= 1
         self._counts[str(after.state)] += 1
+        await self.repository.save(after, result=result)
 
     async def _cleanup(self) -> None:
         while True:

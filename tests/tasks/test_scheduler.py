@@ -323,3 +323,30 @@ def test_backoff_is_bounded_full_jitter(store):
         delays = [scheduler._backoff(attempts) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling / 2  # spread over the range, not stuck at one end
+
+
+async def test_cancel_while_a_worker_waits_for_its_slot(store):
+    """A timed-out kernel keeps its slot; the worker that took the next task waits for it.
+    Cancelling that next task meanwhile must stick: it never runs."""
+    slow, quick = Script(), Script()
+    slow.sleep_s = 0.4
+    kernels = {"slow": scripted("slow", slow), "quick": scripted("quick", quick)}
+    async with trio.open_nursery() as nursery:
+        await store_and_scheduler(nursery, store, kernels, concurrency=1)
+        scheduler = nursery.scheduler
+        timed = await submit(scheduler, "slow", timeout_s=0.05)
+        await wait_finished(scheduler, timed.id)  # timed out; its thread still sleeps
+        waiting = await submit(scheduler, "quick")
+        with trio.fail_after(10):
+            while len(scheduler.queue):  # noqa: ASYNC110 - the worker has taken it
+                await trio.sleep(0.001)
+        assert scheduler.status()["busy_slots"] == 1
+        cancelled = await scheduler.cancel(scheduler.repository.get(waiting.id))
+        assert cancelled.state is TaskState.CANCELLED
+        with trio.fail_after(10):
+            while scheduler.status()["busy_slots"]:  # noqa: ASYNC110 - the thread ends
+                await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert quick.calls == 0
+    assert scheduler.repository.get(waiting.id).state is TaskState.CANCELLED
