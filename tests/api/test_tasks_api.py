@@ -201,3 +201,24 @@ def test_kernel_metadata(admin):
     assert ewma["params"]["properties"]["alpha"]["maximum"] == 1.0
     assert ewma["input"]["dtypes"] == ["float32", "float64"]
     assert "y" in ewma["output"]
+
+
+@pytest.mark.parametrize("before", ["a\x00b", "x" * 600, "../../etc", "é"])
+def test_bad_paging_ids_are_refused(admin, assert_problem, before):
+    assert_problem(admin.get("/api/v1/tasks", params={"before": before}), 422, "validation_failed")
+
+
+def test_large_results_come_back_whole(admin):
+    """A multi-million-sample result (encoded in a worker thread) arrives complete."""
+    samples = np.random.default_rng(3).random(3_000_000)
+    body = {
+        "kernel": "ewma",
+        "params": {"alpha": 0.5},
+        "input": {"dtype": "float64", "shape": [samples.size], "data": samples.tobytes()},
+    }
+    task = admin.post(
+        "/api/v1/tasks", content=cbor2.dumps(body), headers={"Content-Type": "application/cbor"}
+    ).json()
+    wait_finished(admin, task["id"])
+    result = admin.get(f"/api/v1/tasks/{task['id']}/result", timeout=120)
+    assert len(result.json()["outputs"]["y"]) == samples.size

@@ -160,9 +160,15 @@ async def list_tasks() -> Response:
             "limit must be 1-1000",
             errors=[{"field": "limit", "message": "expected 1-1000"}],
         )
-    tasks = scheduler().repository.list(
-        state=state, limit=int(raw_limit), before=request.args.get("before")
-    )
+    before = request.args.get("before")
+    if before is not None and (not (before.isascii() and before.isalnum()) or len(before) > 64):
+        raise Problem(
+            422,
+            "validation_failed",
+            "before must be a task id",
+            errors=[{"field": "before", "message": "expected a task id"}],
+        )
+    tasks = scheduler().repository.list(state=state, limit=int(raw_limit), before=before)
     return jsonify({"tasks": [task.public() for task in tasks]})
 
 
@@ -190,11 +196,16 @@ async def get_result(task_id: str) -> Response:
             error=task.error,
         )
     body = {"task_id": task.id, "kernel": task.kernel}
+    size = sum(len(v["data"]) for v in stored.values() if isinstance(v, dict) and "data" in v)
     if CBOR in request.headers.get("Accept", ""):
-        return Response(cbor2.dumps({**body, "outputs": stored}), content_type=CBOR)
-    return Response(
-        json.dumps({**body, "outputs": storable_to_json(stored)}), content_type="application/json"
-    )
+        payload = await _off_loop_if_large(size, cbor2.dumps, {**body, "outputs": stored})
+        return Response(payload, content_type=CBOR)
+    payload = await _off_loop_if_large(size, _render_json, body, stored)
+    return Response(payload, content_type="application/json")
+
+
+def _render_json(body: dict[str, Any], stored: dict[str, Any]) -> bytes:
+    return json.dumps({**body, "outputs": storable_to_json(stored)}).encode()
 
 
 @blueprint.post("/api/v1/tasks/<task_id>/cancel")
