@@ -19,14 +19,16 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from bench import http_bench, startup_bench, store_bench
+from bench import http_bench, kernels_bench, startup_bench, store_bench, tasks_bench
 from bench.common import RESULTS, Figure, disk_base, log
 
 # name -> (run function, hard time limit in seconds)
 BENCHMARKS: dict[str, tuple[Callable[[], list[Figure]], int]] = {
     "store": (store_bench.run, 60),
+    "kernels": (kernels_bench.run, 120),
     "http": (http_bench.run, 150),
-    "startup": (startup_bench.run, 75),
+    "tasks": (tasks_bench.run, 120),
+    "startup": (startup_bench.run, 150),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -20,6 +21,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PYTHON = sys.executable
 # Where scratch data goes, best first: must be a real disk, never tmpfs/ramfs.
 SCRATCH_CANDIDATES = (Path("/var/tmp"), RESULTS, Path(tempfile.gettempdir()))
+# The numba cache shared by the benchmarks and every appliance they start (unless one sets
+# its own, as `startup` does for its cold starts): compiling the kernels takes ~30 s, paid
+# once here instead of in every benchmark that needs them. Gitignored (.cache/).
+NUMBA_CACHE = PROJECT / ".cache" / "numba-bench"
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs", "overlay-tmpfs"}
 
 
@@ -91,7 +96,8 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """os.environ without anything that would change how an appliance child behaves."""
+    """os.environ without anything that would change how an appliance child behaves, with
+    NUMBA_CACHE_DIR set to the benchmarks' shared cache unless `extra` sets it."""
     prefixes = (
         "APPLIANCE_",
         "NOTIFY_SOCKET",
@@ -102,6 +108,7 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     )
     environment = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     environment["PYTHONUNBUFFERED"] = "1"
+    environment["NUMBA_CACHE_DIR"] = str(NUMBA_CACHE)
     environment.update(extra or {})
     return environment
 
@@ -116,6 +123,14 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values` by the nearest-rank method; NaN if empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -1,10 +1,19 @@
-"""`startup`: spawn to READY=1, and the idle footprint after READY.
+"""`startup`: spawn to READY=1, cold and warm kernel cache, and the idle footprint.
 
 READY=1 arrives on a fake NOTIFY_SOCKET (an AF_UNIX datagram socket bound here). The time is
-from just before the spawn of `python -m appliance run` to the datagram; the median of 3
-starts on a fresh data directory each, and of 3 restarts on one warm data directory (made
-by one uncounted start). After the last warm READY and a short settle, idle RSS (VmRSS) and
-idle CPU (utime+stime over IDLE_S of wall time, /proc/PID/stat) of the process.
+from just before the spawn of `python -m appliance run` to the datagram; the appliance sends
+it only once every kernel is loaded (compiled, or read from numba's cache). The numba cache
+is chosen with NUMBA_CACHE_DIR (which wins over the data dir's own cache):
+
+- cold kernel cache: COLD_STARTS starts, each on a fresh data dir with an empty cache dir
+  (every kernel compiles); the median.
+- warm kernel cache, fresh data dir: STARTS starts on fresh data dirs with the cache the
+  last cold start filled (the first boot of a device whose cache was built beforehand).
+- warm kernel cache, warm data dir: STARTS restarts on the last cold start's data dir, with
+  its cache (an ordinary restart).
+
+After the last restart's READY and a short settle, idle RSS (VmRSS) and idle CPU
+(utime+stime over IDLE_S of wall time, /proc/PID/stat) of the process.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from bench.common import (
 )
 
 STARTS = 3
+COLD_STARTS = 2  # each compiles every kernel: ~30 s on 2 cores
 READY_TIMEOUT_S = 30.0
+COLD_READY_TIMEOUT_S = 120.0
 SETTLE_S = 2.0
 IDLE_S = 10.0
 TARGET_READY_S = 2.0
@@ -43,14 +54,17 @@ class Started:
         self.log_path = log_path
 
 
-def start_until_ready(root: Path, data_dir: Path, label: str) -> Started:
-    """Spawn the appliance and return once READY=1 arrived on our notify socket."""
+def start_until_ready(
+    root: Path, data_dir: Path, label: str, cache: Path, timeout: float = READY_TIMEOUT_S
+) -> Started:
+    """Spawn the appliance with `cache` as its numba cache and return once READY=1 arrived
+    on our notify socket."""
     notify_path = root / f"{label}.notify"
     notify_path.unlink(missing_ok=True)
     log_path = root / f"{label}.log"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
-        env = child_environment({"NOTIFY_SOCKET": str(notify_path)})
+        env = child_environment({"NOTIFY_SOCKET": str(notify_path), "NUMBA_CACHE_DIR": str(cache)})
         args = [
             PYTHON,
             "-m",
@@ -66,12 +80,12 @@ def start_until_ready(root: Path, data_dir: Path, label: str) -> Started:
             proc = subprocess.Popen(
                 args, env=env, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = began + READY_TIMEOUT_S
+        deadline = began + timeout
         try:
             while True:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
-                    raise RuntimeError(f"no READY=1 in {READY_TIMEOUT_S} s:\n{tail(log_path)}")
+                    raise RuntimeError(f"no READY=1 in {timeout:g} s:\n{tail(log_path)}")
                 if proc.poll() is not None:
                     raise RuntimeError(f"exited {proc.returncode} before READY:\n{tail(log_path)}")
                 notify.settimeout(min(remaining, 0.25))
@@ -101,23 +115,54 @@ def _rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS in /proc/PID/status")
 
 
-def run() -> list[Figure]:
-    fresh: list[float] = []
-    warm: list[float] = []
-    with scratch_dir("startup") as root:
-        for index in range(STARTS):
-            started = start_until_ready(root, root / f"fresh{index}", f"fresh{index}")
+def _starts(
+    root: Path, label: str, data_dirs: list[Path], cache: Path, timeout: float, keep_last: bool
+) -> tuple[list[float], Started]:
+    """Start (and stop) the appliance once per data dir; the last one stays up if
+    `keep_last`."""
+    seconds: list[float] = []
+    for index, data_dir in enumerate(data_dirs):
+        started = start_until_ready(root, data_dir, f"{label}{index}", cache, timeout)
+        seconds.append(started.seconds)
+        log(f"startup: {label}: READY in {started.seconds:.3f} s")
+        if not (keep_last and index == len(data_dirs) - 1):
             stop_process(started.proc)
-            fresh.append(started.seconds)
-            log(f"startup: fresh data dir: READY in {started.seconds:.3f} s")
-        warm_dir = root / "warm"
-        stop_process(start_until_ready(root, warm_dir, "prime").proc)
-        for index in range(STARTS):
-            started = start_until_ready(root, warm_dir, f"warm{index}")
-            warm.append(started.seconds)
-            log(f"startup: warm data dir: READY in {started.seconds:.3f} s")
-            if index < STARTS - 1:
-                stop_process(started.proc)
+    return seconds, started
+
+
+def run() -> list[Figure]:
+    with scratch_dir("startup") as root:
+        caches = [root / f"numba-cold{i}" for i in range(COLD_STARTS)]
+        cold: list[float] = []
+        for index, cache in enumerate(caches):
+            cache.mkdir()
+            cold += _starts(
+                root,
+                f"cold-cache{index}-",
+                [root / f"cold{index}"],
+                cache,
+                COLD_READY_TIMEOUT_S,
+                keep_last=False,
+            )[0]
+        warm_cache = caches[-1]
+        compiled = sum(1 for _ in warm_cache.rglob("*.nbi"))
+        fresh, _ = _starts(
+            root,
+            "warm-cache-fresh-data",
+            [root / f"fresh{i}" for i in range(STARTS)],
+            warm_cache,
+            READY_TIMEOUT_S,
+            keep_last=False,
+        )
+        warm_dir = root / f"cold{COLD_STARTS - 1}"
+        warm, started = _starts(
+            root,
+            "warm-cache-warm-data",
+            [warm_dir] * STARTS,
+            warm_cache,
+            READY_TIMEOUT_S,
+            keep_last=True,
+        )
         # The last warm process stays up for the idle measurement.
         pid = started.proc.pid
         try:
@@ -131,12 +176,25 @@ def run() -> list[Figure]:
             code = stop_process(started.proc)
     cpu_pct = (ticks1 - ticks0) / ticks_per_s / (wall1 - wall0) * 100
     log(f"startup: idle RSS {rss:.1f} MiB, idle CPU {cpu_pct:.2f} % (exit {code} on SIGTERM)")
+    cold_median = statistics.median(cold)
     fresh_median, warm_median = statistics.median(fresh), statistics.median(warm)
     ready_target = f"< {TARGET_READY_S:g} s"
     return [
         Figure(
             "startup",
-            "spawn to READY=1, fresh data dir",
+            "spawn to READY=1, cold kernel cache (empty), fresh data dir",
+            round(cold_median, 3),
+            "s",
+            "—",
+            None,
+            details={
+                "starts_s": [round(s, 3) for s in cold],
+                "numba_index_files_after": compiled,
+            },
+        ),
+        Figure(
+            "startup",
+            "spawn to READY=1, warm kernel cache, fresh data dir",
             round(fresh_median, 3),
             "s",
             ready_target,
@@ -145,7 +203,7 @@ def run() -> list[Figure]:
         ),
         Figure(
             "startup",
-            "spawn to READY=1, warm data dir",
+            "spawn to READY=1, warm kernel cache, warm data dir",
             round(warm_median, 3),
             "s",
             ready_target,

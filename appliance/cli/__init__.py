@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+import httpx
+
 from appliance import __version__
 from appliance.cli import admin, run, status, tasks, tokens
 from appliance.cli.common import BAD_CONFIG, FAILURE, CliError, add_settings_options
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, AlreadyRunning, StartupError, StoreError) as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", FAILURE)
+    except httpx.HTTPError as exc:
+        print(f"appliance: cannot reach the appliance: {exc}", file=sys.stderr)
+        return FAILURE
     except KeyboardInterrupt:
         return FAILURE
     except BaseException as exc:

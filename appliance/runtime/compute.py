@@ -45,7 +45,9 @@ async def warm_kernels(
         health.set("kernels", "starting", f"{done}/{total} compiled (last: {name})")
         notifier.notify(STATUS=f"compiling kernels: {done}/{total}")
 
-    await trio.to_thread.run_sync(warm_all, kernels, progress)
+    # Abandoned on stop: a SIGTERM during a cold compile must not wait for the compiler
+    # (it would outlast TimeoutStopSec); numba writes each cache file whole or not at all.
+    await trio.to_thread.run_sync(warm_all, kernels, progress, abandon_on_cancel=True)
     elapsed = time.monotonic() - started
     health.set("kernels", "ok", f"{total} kernels ready ({elapsed:.1f} s to load)")
     log.info("%d kernels ready in %.1f s", total, elapsed)

@@ -4,9 +4,11 @@ The tree (see docs/architecture.md):
 
     root nursery
     ├── store writer            (group commit; started first, stopped last)
+    ├── task scheduler          (recovery, then one worker per CPU slot, result cleanup)
     ├── watchdog                (WATCHDOG=1 while the loop and the store are healthy)
     ├── signal handler          (SIGTERM/SIGINT: stop; SIGHUP: reload)
-    └── http server (hypercorn) (started last; READY=1 once it listens)
+    ├── kernel warm-up          (compiles or loads every kernel in a worker thread)
+    └── http server (hypercorn) (serves /health at once; READY=1 once kernels are loaded)
 
 Each service is started with `nursery.start`, so the next one starts only when the last is
 really ready. A service that fails takes the nursery down: the error is logged with its
@@ -168,9 +170,10 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     endpoints = {"http": http_url(binds[0])}
     write_endpoints(settings.data_dir / "run" / "endpoints.json", endpoints)
     await _first_of(kernels_ready, rt.stop_requested)  # READY=1 once every kernel is loaded
-    rt.health.phase = "ok"
-    log.info("ready: http %s, data in %s", endpoints["http"], settings.data_dir)
-    rt.notifier.notify(READY=1, STATUS=f"serving HTTP on {endpoints['http']}")
+    if not rt.stop_requested.is_set():
+        rt.health.phase = "ok"
+        log.info("ready: http %s, data in %s", endpoints["http"], settings.data_dir)
+        rt.notifier.notify(READY=1, STATUS=f"serving HTTP on {endpoints['http']}")
 
     await rt.stop_requested.wait()
     rt.health.phase = "stopping"

@@ -70,7 +70,11 @@ class RunQueue:
                     continue
                 self._queued.discard(task_id)
                 return task_id
-            self._changed = trio.Event()
+            # Every waiting worker shares one event: a new one only once the last has fired
+            # (replacing it under another waiter would leave that waiter asleep forever).
+            if self._changed.is_set():
+                self._changed = trio.Event()
+            changed = self._changed
             wait = self._delayed[0][0] - now if self._delayed else math.inf
             with trio.move_on_after(wait):
-                await self._changed.wait()
+                await changed.wait()

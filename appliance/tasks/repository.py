@@ -71,6 +71,12 @@ class TaskRepository:
         record = self._store.get("tasks", pack_key(task_id))
         return Task.from_record(record) if record is not None else None
 
+    def by_key(self, idempotency_key: str) -> Task | None:
+        if "\x00" in idempotency_key:
+            return None
+        task_id = self._store.get("task_keys", pack_key(idempotency_key))
+        return self.get(task_id) if task_id is not None else None
+
     def input(self, task_id: str) -> np.ndarray | None:
         stored = self._store.get("task_inputs", pack_key(task_id))
         return decode_array(stored) if stored is not None else None

@@ -36,6 +36,7 @@ RETRYABLE = (MemoryError, OSError)
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 60.0
 CANCEL_RECORD_WAIT_S = 5.0
+EXPIRY_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Scheduler:
         self._running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self._cancel_requested: set[str] = set()
         self._cancelling: set[str] = set()
+        self._submitting = 0
         self._counts: Counter[str] = Counter()
         self._observe = observe or (lambda kernel, outcome, seconds: None)
         self._rng = rng or random.Random()
@@ -112,7 +114,11 @@ class Scheduler:
     ) -> tuple[Task, bool]:
         """Queue a checked task; returns (task, created). An idempotency key that was used
         before returns that task and `created=False`. Raises `QueueFull`."""
-        if len(self.queue) >= self.queue.capacity:
+        if idempotency_key is not None:
+            existing = self.repository.by_key(idempotency_key)
+            if existing is not None:
+                return existing, False
+        if len(self.queue) + self._submitting >= self.queue.capacity:
             raise QueueFull(f"the task queue holds {self.queue.capacity} tasks")
         task = Task(
             id=new_task_id(),
@@ -127,10 +133,13 @@ class Scheduler:
             input_samples=int(data.size),
             input_dtype=data.dtype.name,
         )
+        self._submitting += 1  # held while the write is in flight: the bound stays exact
         try:
             await self.repository.add(task, data)
         except DuplicateKey as duplicate:
             return duplicate.existing, False
+        finally:
+            self._submitting -= 1
         self._counts[str(task.state)] += 1
         self.queue.put(task.id, task.priority, force=True)
         return task, True
@@ -193,7 +202,14 @@ class Scheduler:
                 changed.append(task)
             self._counts[str(task.state)] += 1
             if task.state is TaskState.QUEUED:
-                self.queue.put(task.id, task.priority, force=True)
+                # A retry that was waiting out its backoff keeps waiting after a restart.
+                wait = max(0.0, (task.not_before or 0.0) - time.time())
+                self.queue.put(
+                    task.id,
+                    task.priority,
+                    force=True,
+                    not_before=trio.current_time() + wait if wait else None,
+                )
         await self.repository.save_many(changed)
         if changed:
             log.warning("%d task(s) were running when the appliance stopped", len(changed))
@@ -303,7 +319,12 @@ class Scheduler:
     async def _cleanup(self) -> None:
         while True:
             await trio.sleep(self.limits.cleanup_interval_s)
-            removed = await self.repository.delete_expired(self.limits.result_ttl_s)
+            removed = 0
+            while True:  # in bounded batches, until nothing expired is left
+                batch = await self.repository.delete_expired(self.limits.result_ttl_s)
+                removed += batch
+                if batch < EXPIRY_BATCH:
+                    break
             if removed:
                 for state in FINISHED:
                     self._counts[str(state)] = 0

@@ -13,7 +13,7 @@ import trio
 from appliance.kernels import Kernel, load_kernels
 from appliance.kernels.params import schema
 from appliance.store import Store
-from appliance.tasks import Scheduler, SchedulerLimits, Task, TaskRepository, TaskState
+from appliance.tasks import RunQueue, Scheduler, SchedulerLimits, Task, TaskRepository, TaskState
 from appliance.tasks.scheduler import BACKOFF_BASE_S, BACKOFF_MAX_S
 
 REAL = load_kernels(None)
@@ -350,3 +350,34 @@ async def test_cancel_while_a_worker_waits_for_its_slot(store):
         nursery.cancel_scope.cancel()
     assert quick.calls == 0
     assert scheduler.repository.get(waiting.id).state is TaskState.CANCELLED
+
+
+async def test_every_worker_takes_work(store):
+    """Two workers, both idle on an empty queue: two tasks then run side by side."""
+    slow = Script()
+    slow.sleep_s = 0.3
+    async with trio.open_nursery() as nursery:
+        await store_and_scheduler(nursery, store, {"slow": scripted("slow", slow)}, concurrency=2)
+        await trio.sleep(0.05)  # both workers are waiting in queue.get()
+        first, second = [await submit(nursery.scheduler, "slow") for _ in range(2)]
+        first_done = await wait_finished(nursery.scheduler, first.id)
+        second_done = await wait_finished(nursery.scheduler, second.id)
+        nursery.cancel_scope.cancel()
+    assert second_done.started_at < first_done.finished_at  # they overlapped
+
+
+async def test_queue_wakes_every_waiter(autojump_clock):
+    queue = RunQueue(capacity=10)
+    got: list[str] = []
+
+    async def take():
+        got.append(await queue.get())
+
+    with trio.fail_after(60):  # virtual time: a waiter left asleep fails at once
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(take)
+            await trio.sleep(1)
+            for name in ("a", "b", "c"):
+                queue.put(name, 5)
+    assert sorted(got) == ["a", "b", "c"]

@@ -197,7 +197,10 @@ async def get_result(task_id: str) -> Response:
         )
     body = {"task_id": task.id, "kernel": task.kernel}
     size = sum(len(v["data"]) for v in stored.values() if isinstance(v, dict) and "data" in v)
-    if CBOR in request.headers.get("Accept", ""):
+    wanted = request.accept_mimetypes.best_match(
+        ["application/json", CBOR], default="application/json"
+    )
+    if wanted == CBOR:
         payload = await _off_loop_if_large(size, cbor2.dumps, {**body, "outputs": stored})
         return Response(payload, content_type=CBOR)
     payload = await _off_loop_if_large(size, _render_json, body, stored)
