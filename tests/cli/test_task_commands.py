@@ -5,16 +5,36 @@ import json
 
 def test_submit_wait_get_and_errors(cli, appliance, tmp_path):
     data = ["--data-dir", str(appliance.data_dir)]
-    waited = cli("task", "submit", "ewma", "--input", "[1, 2, 3]", "--params",
-                 '{"alpha": 0.5}', "--wait", *data)
+    waited = cli(
+        "task",
+        "submit",
+        "ewma",
+        "--input",
+        "[1, 2, 3]",
+        "--params",
+        '{"alpha": 0.5}',
+        "--wait",
+        *data,
+    )
     assert waited.returncode == 0, waited.stderr
     result = json.loads(waited.stdout)
     assert result["outputs"] == {"y": [1.0, 1.5, 2.25], "state": 2.25}
 
     source = tmp_path / "input.json"
     source.write_text("[3, 4, 3, 4]")
-    submitted = cli("task", "submit", "rms", "--input", f"@{source}", "--priority", "9",
-                    "--key", "cli-once", *data, env={"APPLIANCE_TOKEN": appliance.token})
+    submitted = cli(
+        "task",
+        "submit",
+        "rms",
+        "--input",
+        f"@{source}",
+        "--priority",
+        "9",
+        "--key",
+        "cli-once",
+        *data,
+        env={"APPLIANCE_TOKEN": appliance.token},
+    )
     assert submitted.returncode == 0, submitted.stderr
     task = json.loads(submitted.stdout)
     assert task["priority"] == 9 and task["idempotency_key"] == "cli-once"

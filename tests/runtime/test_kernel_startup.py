@@ -9,8 +9,7 @@ def cache_files(directory):
     return {path: path.stat().st_mtime_ns for path in directory.rglob("*") if path.is_file()}
 
 
-def test_cold_start_reports_progress_and_warm_restart_compiles_nothing(start_appliance,
-                                                                       tmp_path):
+def test_cold_start_reports_progress_and_warm_restart_compiles_nothing(start_appliance, tmp_path):
     data_dir = tmp_path / "cold"
     # An empty NUMBA_CACHE_DIR: the appliance uses DATA_DIR/cache/numba, empty at first.
     cold = start_appliance(data_dir, ready=False, env={"NUMBA_CACHE_DIR": ""})
