@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.store import ReadTxn, Store, WriteTxn, encode_value, pack_key, unpack_key
+from appliance.store import ReadTxn, Store, WriteTxn, pack_key, unpack_key
+from appliance.store.codec import encode_canonical
 
 HEAD_KEY = pack_key("audit_head")
 GENESIS = b"\x00" * 32
@@ -53,7 +54,7 @@ class AuditEntry:
 
 
 def chain_hash(prev: bytes, body: dict[str, Any]) -> bytes:
-    return hashlib.sha256(prev + encode_value(body)).digest()
+    return hashlib.sha256(prev + encode_canonical(body)).digest()
 
 
 @dataclass(frozen=True)
