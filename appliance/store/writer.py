@@ -73,7 +73,12 @@ class GroupCommitWriter:
         """Run `fn` in the next batch; return its result once the batch is durable."""
         request: _Request[T] = _Request(fn)
         try:
-            await self._send.send(request)
+            # Without the scheduling round trip of `send` when there is room (the common
+            # case); the wait below is the checkpoint either way.
+            try:
+                self._send.send_nowait(request)
+            except trio.WouldBlock:
+                await self._send.send(request)  # the queue is full: wait for room
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StoreClosed("the store is closed") from None
         try:
