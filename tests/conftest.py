@@ -105,6 +105,7 @@ class ApplianceProcess:
         env: dict[str, str] | None = None,
         notify: bool = True,
         config: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         run_name = f"{data_dir.name}.{next(_RUNS)}"  # one data dir may be started twice
@@ -141,7 +142,11 @@ class ApplianceProcess:
         self.log_path = data_dir.parent / f"{run_name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            args + (extra_args or []), env=environment, stdout=self._log, stderr=subprocess.STDOUT
+            args + (extra_args or []),
+            env=environment,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
         self.url = ""
         self.token = ""

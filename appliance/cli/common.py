@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance.runtime.endpoints import read_endpoints
 from appliance.settings import Settings, SettingsSources, load_settings
 from appliance.store import Store, StoreError
 
@@ -59,6 +60,17 @@ def open_local_store(settings: Settings, *, readonly: bool = False) -> Store:
         return Store.open(path, readonly=readonly)
     except StoreError as exc:
         raise CliError(str(exc)) from None
+
+
+def running_url(settings: Settings) -> str:
+    """The HTTP URL of the appliance running on this data dir (its run/endpoints.json)."""
+    try:
+        return read_endpoints(settings.data_dir / "run" / "endpoints.json")["http"]
+    except (OSError, ValueError, KeyError):
+        raise CliError(
+            f"the appliance is not running on {settings.data_dir} "
+            "(no run/endpoints.json); pass --url"
+        ) from None
 
 
 def local_actor() -> str:

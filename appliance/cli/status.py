@@ -7,8 +7,7 @@ import json
 
 import httpx
 
-from appliance.cli.common import CliError, say, settings_from
-from appliance.runtime.endpoints import read_endpoints
+from appliance.cli.common import CliError, running_url, say, settings_from
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -21,16 +20,7 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
 
 
 def run_status(args: argparse.Namespace) -> int:
-    url = args.url
-    if url is None:
-        settings = settings_from(args)
-        try:
-            url = read_endpoints(settings.data_dir / "run" / "endpoints.json")["http"]
-        except (OSError, ValueError, KeyError):
-            raise CliError(
-                f"the appliance is not running on {settings.data_dir} "
-                "(no run/endpoints.json); pass --url to ask another"
-            ) from None
+    url = args.url or running_url(settings_from(args))
     try:
         response = httpx.get(f"{url.rstrip('/')}/api/v1/health", timeout=5.0, verify=False)
         health = response.json()

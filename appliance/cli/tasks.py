@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 
-from appliance.cli.common import USAGE, CliError, say, settings_from
-from appliance.runtime.endpoints import read_endpoints
+from appliance.cli.common import USAGE, CliError, running_url, say, settings_from
 
 POLL_S = 0.05
 
@@ -130,15 +129,8 @@ def _json_arg(name: str, text: str) -> Any:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    url = args.url
     settings = settings_from(args)
-    if url is None:
-        try:
-            url = read_endpoints(settings.data_dir / "run" / "endpoints.json")["http"]
-        except (OSError, ValueError, KeyError):
-            raise CliError(
-                f"the appliance is not running on {settings.data_dir}; pass --url"
-            ) from None
+    url = args.url or running_url(settings)
     token = args.token or os.environ.get("APPLIANCE_TOKEN")
     if not token:
         try:

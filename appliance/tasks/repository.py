@@ -14,7 +14,7 @@ import numpy as np
 
 from appliance.store import Store, WriteTxn, pack_key
 from appliance.tasks.inputs import decode_array, encode_array
-from appliance.tasks.model import FINISHED, Task, TaskState
+from appliance.tasks.model import FINISHED, Task
 
 
 class DuplicateKey(Exception):
@@ -104,18 +104,13 @@ class TaskRepository:
     def all(self) -> list[Task]:
         return [Task.from_record(record) for _, record in self._store.scan("tasks")]
 
-    def counts(self) -> dict[str, int]:
-        counts = {str(state): 0 for state in TaskState}
-        for task in self.all():
-            counts[str(task.state)] += 1
-        return counts
-
-    async def delete_expired(self, older_than_s: float, *, batch: int = 500) -> int:
-        """Forget finished tasks whose results are older than `older_than_s`."""
+    async def delete_expired(self, older_than_s: float, *, batch: int = 500) -> list[str]:
+        """Forget finished tasks whose results are older than `older_than_s`; return the
+        states of those removed (at most `batch` of them)."""
         cutoff = time.time() - older_than_s
         finished = {str(state) for state in FINISHED}
 
-        def write(txn: WriteTxn) -> int:
+        def write(txn: WriteTxn) -> list[str]:
             doomed = [
                 (key, record)
                 for key, record in txn.iter("tasks")
@@ -127,6 +122,6 @@ class TaskRepository:
                 txn.delete("task_results", key)
                 if record.get("idempotency_key") is not None:
                     txn.delete("task_keys", pack_key(record["idempotency_key"]))
-            return len(doomed)
+            return [record["state"] for _, record in doomed]
 
         return await self._store.write(write)

@@ -27,7 +27,7 @@ import trio
 
 from appliance.kernels import Kernel
 from appliance.tasks.inputs import outputs_to_storable
-from appliance.tasks.model import FINISHED, Task, TaskState, new_task_id
+from appliance.tasks.model import Task, TaskState, new_task_id
 from appliance.tasks.queue import QueueFull, RunQueue
 from appliance.tasks.repository import DuplicateKey, TaskRepository
 
@@ -321,14 +321,12 @@ class Scheduler:
             await trio.sleep(self.limits.cleanup_interval_s)
             removed = 0
             while True:  # in bounded batches, until nothing expired is left
-                batch = await self.repository.delete_expired(self.limits.result_ttl_s)
-                removed += batch
-                if batch < EXPIRY_BATCH:
+                states = await self.repository.delete_expired(
+                    self.limits.result_ttl_s, batch=EXPIRY_BATCH
+                )
+                self._counts.subtract(states)
+                removed += len(states)
+                if len(states) < EXPIRY_BATCH:
                     break
             if removed:
-                for state in FINISHED:
-                    self._counts[str(state)] = 0
-                for task in self.repository.all():
-                    if task.finished:
-                        self._counts[str(task.state)] += 1
                 log.info("removed %d expired task result(s)", removed)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -297,28 +296,9 @@ def test_full_disk_gives_507_and_loses_nothing(start_appliance, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = {**os.environ}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "appliance",
-            "run",
-            "--data-dir",
-            str(data_dir),
-            "--http",
-            "127.0.0.1:0",
-            "--config",
-            str(config),
-        ],
-        preexec_fn=limit_file_size,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
+    limited = start_appliance(data_dir, config=config, notify=False, preexec_fn=limit_file_size)
     try:
-        url = _wait_for_url(data_dir, process)
-        token = (data_dir / "admin.token").read_text().strip()
+        url, token = limited.url, limited.token
         created, failures = [], []
         with httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10
@@ -341,28 +321,10 @@ def test_full_disk_gives_507_and_loses_nothing(start_appliance, tmp_path):
             listed = {t["id"] for t in http.get("/api/v1/auth/tokens").json()["tokens"]}
             assert set(created) <= listed
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-        process.stderr.close()
+        assert limited.stop() == 0
     store = Store.open(data_dir / "store")  # opens cleanly without the limit
     try:
         stored = {value["id"] for _, value in store.scan("tokens")}
     finally:
         store.close()
     assert set(created) <= stored
-
-
-def _wait_for_url(data_dir: Path, process: subprocess.Popen) -> str:
-    endpoints = data_dir / "run" / "endpoints.json"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()
-        if endpoints.exists():
-            url = json.loads(endpoints.read_text())["http"]
-            try:
-                if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.05)
-    raise AssertionError("not ready")

@@ -306,9 +306,9 @@ async def test_expired_results_are_removed(store):
         scheduler = nursery.scheduler
         task = await submit(scheduler, "rms", idempotency_key="will-expire")
         await wait_finished(scheduler, task.id)
-        assert await scheduler.repository.delete_expired(older_than_s=3600) == 0
+        assert await scheduler.repository.delete_expired(older_than_s=3600) == []
         await trio.sleep(0.05)
-        assert await scheduler.repository.delete_expired(older_than_s=0.01) == 1
+        assert await scheduler.repository.delete_expired(older_than_s=0.01) == ["succeeded"]
         again = await submit(scheduler, "rms", idempotency_key="will-expire")
         nursery.cancel_scope.cancel()
     assert scheduler.repository.get(task.id) is None
