@@ -171,7 +171,7 @@ class ApplianceProcess:
 
     def client(self, token: str | None = None, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kwargs)
+        return httpx.Client(base_url=self.url, headers=headers, **{"timeout": 10, **kwargs})
 
     def log(self) -> str:
         if not self._log.closed:

@@ -12,6 +12,8 @@ import json
 import time
 from typing import Any
 
+import trio
+
 from appliance.api.context import ApiContext
 from appliance.api.problems import CONTENT_TYPE, Problem
 from appliance.api.security import ENCODED_SECURITY_HEADERS, HSTS
@@ -56,7 +58,7 @@ class Front:
         if scope["type"] == "http" and scope["path"] == HEALTH_PATH:
             await self._health(scope, send)
         else:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _shielded(send))
 
     async def _health(self, scope: dict, send: Any) -> None:
         method = scope["method"]
@@ -78,3 +80,19 @@ class Front:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
         self._count(method, status)
+
+
+def _shielded(send: Any) -> Any:
+    """`send` that a cancel cannot interrupt.
+
+    quart-trio cancels its per-request nursery as soon as the last body message is sent, and
+    hypercorn re-arms the connection's keep-alive idle watcher inside that very `send`; the
+    cancel lost the watcher, and every keep-alive connection left idle after a Quart
+    response then held a graceful stop for the whole `graceful_timeout_s`. Hypercorn already
+    shields its socket writes, so shielding the whole send adds no new way to hang."""
+
+    async def send_shielded(message: dict) -> None:
+        with trio.CancelScope(shield=True):
+            await send(message)
+
+    return send_shielded

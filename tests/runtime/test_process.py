@@ -92,6 +92,21 @@ def test_sigterm_lets_in_flight_requests_finish(start_appliance):
     assert "made-during-shutdown" in names
 
 
+def test_idle_keep_alive_connections_do_not_hold_a_stop(start_appliance):
+    """Each client keeps its connection open after a response from the framework's routes
+    (JSON, problem, large body); the stop closes them instead of waiting them out."""
+    appliance = start_appliance(env={"APPLIANCE_HTTP_GRACEFUL_TIMEOUT_S": "60"})
+    clients = [appliance.client(appliance.token) for _ in range(3)]
+    assert clients[0].get("/api/v1/scheduler").status_code == 200
+    assert clients[1].post("/api/v1/tasks", content=b"{").status_code == 415
+    assert clients[2].get("/api/v1/openapi.json").status_code == 200
+    began = time.monotonic()
+    assert appliance.stop(timeout=90) == 0
+    assert time.monotonic() - began < 30  # not the 60 s graceful timeout
+    for client in clients:
+        client.close()
+
+
 def test_sigint_also_stops_cleanly(appliance):
     assert appliance.stop(signal.SIGINT) == 0
     assert "stopped" in appliance.log()
