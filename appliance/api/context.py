@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from appliance.api.metrics import Metrics
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
 from appliance.settings import Settings
@@ -27,3 +29,4 @@ class ApiContext:
     metrics: Metrics
     kernels: dict[str, Any] = field(default_factory=dict)  # name -> appliance.kernels.Kernel
     scheduler: Any = None  # appliance.tasks.Scheduler once the task nursery runs
+    stopping: trio.Event = field(default_factory=trio.Event)  # set when the stop begins

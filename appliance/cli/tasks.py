@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import httpx
 
 from appliance.cli.common import USAGE, CliError, running_url, say, settings_from
 
-POLL_S = 0.05
+WAIT_S = 20  # seconds a long poll is held; under the client's 30 s timeout
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -103,11 +102,11 @@ def _print_result(http: httpx.Client, task: dict) -> int:
 
 
 def _wait(http: httpx.Client, task_id: str) -> dict:
+    """Long-poll the task until it ends (each request is held up to WAIT_S on the server)."""
     while True:
-        task = _check(http.get(f"/api/v1/tasks/{task_id}"))
+        task = _check(http.get(f"/api/v1/tasks/{task_id}", params={"wait": WAIT_S}))
         if task["finished"]:
             return task
-        time.sleep(POLL_S)
 
 
 def _read_input(value: str) -> str:

@@ -15,6 +15,7 @@ from appliance.runtime.sdnotify import Notifier
 from appliance.settings import Settings
 from appliance.store import Store
 from appliance.tasks import Scheduler, SchedulerLimits, TaskRepository
+from appliance.tasks.priority import can_restore_priority
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,16 @@ def build_scheduler(
 ) -> Scheduler:
     tasks = settings.tasks
     limits = SchedulerLimits(
-        max_queue=tasks.max_queue, concurrency=tasks.concurrency, result_ttl_s=tasks.result_ttl_s
+        max_queue=tasks.max_queue,
+        concurrency=tasks.concurrency,
+        result_ttl_s=tasks.result_ttl_s,
+        kernel_nice=tasks.kernel_nice if can_restore_priority() else 0,
     )
+    if tasks.kernel_nice and not limits.kernel_nice:
+        log.warning(
+            "kernels run at the event loop's priority: lowering a thread's priority back "
+            "needs CAP_SYS_NICE or LimitNICE=+0 (RLIMIT_NICE >= 20)"
+        )
 
     def observe(kernel: str, outcome: str, seconds: float) -> None:
         metrics.task_runs.labels(kernel, outcome).inc()

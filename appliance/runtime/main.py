@@ -144,6 +144,7 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
         metrics=metrics,
         kernels=kernels,
         scheduler=scheduler,
+        stopping=rt.stop_requested,
     )
 
     interval = watchdog_interval_s(os.environ, os.getpid())

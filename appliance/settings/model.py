@@ -214,6 +214,9 @@ class TasksSettings:
         86400.0, parse_float(1.0, 365 * 86400.0), "How long finished tasks are kept."
     )
     warm_kernels: bool = setting(True, parse_bool, "Compile every kernel at start-up.")
+    kernel_nice: int = setting(
+        10, parse_int(0, 19), "Nice increment of kernel threads, so the loop stays responsive."
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 
@@ -88,7 +88,9 @@ class Task:
         return self.state in FINISHED
 
     def to_record(self) -> dict[str, Any]:
-        record = asdict(self)
+        # Shallow on purpose: asdict deep-copies params (a 1024-tap filter is 1024 floats)
+        # on every read of a task, and nothing here mutates what it shares.
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
         record["state"] = str(self.state)
         record["history"] = list(self.history)
         return record

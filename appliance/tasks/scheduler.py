@@ -28,6 +28,7 @@ import trio
 from appliance.kernels import Kernel
 from appliance.tasks.inputs import outputs_to_storable
 from appliance.tasks.model import Task, TaskState, new_task_id
+from appliance.tasks.priority import lowered_priority
 from appliance.tasks.queue import QueueFull, RunQueue
 from appliance.tasks.repository import DuplicateKey, TaskRepository
 
@@ -45,6 +46,7 @@ class SchedulerLimits:
     concurrency: int = 0  # 0: one per CPU core
     result_ttl_s: float = 86400.0
     cleanup_interval_s: float = 60.0
+    kernel_nice: int = 0  # nice increment of kernel threads, see appliance.tasks.priority
 
     @property
     def workers(self) -> int:
@@ -67,10 +69,13 @@ class _HeldSlot:
         self._limiter.release_on_behalf_of(self._borrower)
 
 
-def _checked_run(kernel: Kernel, data, params: dict[str, Any]) -> dict[str, Any]:
+def _checked_run(kernel: Kernel, data, params: dict[str, Any], nice: int) -> dict[str, Any]:
     """Check the stored parameters again (cheap) before the jitted code trusts them: a
-    record written by an older version must not reach numba unchecked."""
-    return kernel.run(data, kernel.check_params(params))
+    record written by an older version must not reach numba unchecked. The kernel runs
+    below the event loop's priority when `nice` > 0."""
+    checked = kernel.check_params(params)
+    with lowered_priority(nice):
+        return kernel.run(data, checked)
 
 
 class Scheduler:
@@ -96,6 +101,7 @@ class Scheduler:
         self._submitting = 0
         self._counts: Counter[str] = Counter()
         self._observe = observe or (lambda kernel, outcome, seconds: None)
+        self._finish_waiters: dict[str, list] = {}  # task id -> [Event, number of waiters]
         self._rng = rng or random.Random()
 
     # Submitting and controlling tasks (called by the API).
@@ -171,6 +177,20 @@ class Scheduler:
         finally:
             self._cancelling.discard(task.id)
         return cancelled
+
+    async def until_finished(self, task_id: str) -> None:
+        """Return once the task has ended (the caller bounds the wait, see api.longpoll).
+
+        Waiters of one task share one event, set by the state change that ends it; the
+        entry goes when its last waiter leaves, so abandoned waits leave nothing behind."""
+        entry = self._finish_waiters.setdefault(task_id, [trio.Event(), 0])
+        entry[1] += 1
+        try:
+            await entry[0].wait()
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._finish_waiters.get(task_id) is entry:
+                del self._finish_waiters[task_id]
 
     def status(self) -> dict[str, Any]:
         return {
@@ -260,6 +280,7 @@ class Scheduler:
                     kernel,
                     data,
                     task.params,
+                    self.limits.kernel_nice,
                     limiter=slot,
                     abandon_on_cancel=True,
                 )
@@ -315,6 +336,8 @@ class Scheduler:
         self._counts[str(before.state)] -= 1
         self._counts[str(after.state)] += 1
         await self.repository.save(after, result=result)
+        if after.finished and (entry := self._finish_waiters.pop(after.id, None)):
+            entry[0].set()
 
     async def _cleanup(self) -> None:
         while True:

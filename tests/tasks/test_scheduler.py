@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -60,10 +61,10 @@ def store(tmp_path):
     opened.close()
 
 
-def build(store, kernels, *, concurrency=1, max_queue=10, rng=None):
+def build(store, kernels, *, concurrency=1, max_queue=10, rng=None, kernel_nice=0):
     ready = trio.Event()
     ready.set()
-    limits = SchedulerLimits(max_queue=max_queue, concurrency=concurrency)
+    limits = SchedulerLimits(max_queue=max_queue, concurrency=concurrency, kernel_nice=kernel_nice)
     return Scheduler(
         TaskRepository(store), kernels, limits, kernels_ready=ready, rng=rng or NoJitter()
     )
@@ -381,3 +382,63 @@ async def test_queue_wakes_every_waiter(autojump_clock):
             for name in ("a", "b", "c"):
                 queue.put(name, 5)
     assert sorted(got) == ["a", "b", "c"]
+
+
+async def test_until_finished_returns_when_the_task_ends(store):
+    slow = Script()
+    slow.sleep_s = 0.2
+    async with trio.open_nursery() as nursery:
+        await store_and_scheduler(nursery, store, {"slow": scripted("slow", slow)})
+        scheduler = nursery.scheduler
+        task = await submit(scheduler, "slow")
+        assert not scheduler.repository.get(task.id).finished
+        with trio.fail_after(30):
+            async with trio.open_nursery() as waiters:  # two waiters share one event
+                for _ in range(2):
+                    waiters.start_soon(scheduler.until_finished, task.id)
+        # Woken by the commit that ended it: the store already says so.
+        assert scheduler.repository.get(task.id).state is TaskState.SUCCEEDED
+        assert scheduler._finish_waiters == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_abandoned_waits_leave_nothing_behind(store):
+    slow = Script()
+    slow.sleep_s = 0.3
+    async with trio.open_nursery() as nursery:
+        await store_and_scheduler(nursery, store, {"slow": scripted("slow", slow)})
+        scheduler = nursery.scheduler
+        task = await submit(scheduler, "slow")
+        with trio.move_on_after(0.01) as scope:
+            await scheduler.until_finished(task.id)
+        assert scope.cancelled_caught
+        assert scheduler._finish_waiters == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_kernels_run_below_the_loop_priority(store):
+    seen: list[tuple[int, int]] = []
+
+    def run(x: np.ndarray, params: dict) -> dict:
+        thread = threading.get_native_id()
+        seen.append((thread, os.getpriority(os.PRIO_PROCESS, thread)))
+        return {"n": int(x.size)}
+
+    kernel = Kernel(
+        name="probe",
+        summary="",
+        params=schema({}),
+        output={},
+        run=run,
+        example={"params": {}, "input": [1.0]},
+    )
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async with trio.open_nursery() as nursery:
+        await store_and_scheduler(nursery, store, {"probe": kernel}, kernel_nice=7)
+        task = await submit(nursery.scheduler, "probe")
+        assert (await wait_finished(nursery.scheduler, task.id)).state is TaskState.SUCCEEDED
+        nursery.cancel_scope.cancel()
+    thread, nice = seen[0]
+    assert nice == min(base + 7, 19)
+    # The thread goes back to trio's cache at its old priority.
+    assert os.getpriority(os.PRIO_PROCESS, thread) == base

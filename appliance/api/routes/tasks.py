@@ -11,6 +11,7 @@ from quart import Blueprint, Response, g, jsonify, request
 
 from appliance.api.bodies import Field, parse_json, validate
 from appliance.api.guard import context, requires
+from appliance.api.longpoll import hold, wait_seconds
 from appliance.api.problems import Problem
 from appliance.kernels import InputError, ParamError
 from appliance.tasks import InputFormatError, QueueFull, Task, TaskState, parse_input
@@ -175,13 +176,23 @@ async def list_tasks() -> Response:
 @blueprint.get("/api/v1/tasks/<task_id>")
 @requires("viewer")
 async def get_task(task_id: str) -> Response:
-    return jsonify(_task_or_404(task_id).public())
+    return jsonify((await _task_when_finished(task_id)).public())
+
+
+async def _task_when_finished(task_id: str) -> Task:
+    """The task, after holding the request until it ends when `?wait=S` asks for that."""
+    seconds = wait_seconds(request.args)
+    task = _task_or_404(task_id)
+    if not task.finished and seconds > 0:
+        await hold(lambda: scheduler().until_finished(task_id), seconds, context().stopping)
+        task = _task_or_404(task_id)
+    return task
 
 
 @blueprint.get("/api/v1/tasks/<task_id>/result")
 @requires("viewer")
 async def get_result(task_id: str) -> Response:
-    task = _task_or_404(task_id)
+    task = await _task_when_finished(task_id)
     if not task.finished:
         raise Problem(
             409, "task_not_finished", f"task {task_id} is {task.state}", state=str(task.state)
