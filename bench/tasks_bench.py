@@ -4,8 +4,8 @@ Against the real appliance (`python -m appliance run`, rate limit at 1e6 as in `
 the admin token from the data dir):
 
 1. Round trips: CLIENTS trio tasks sharing one `httpx.AsyncClient` (keep-alive), each in a
-   loop: POST /api/v1/tasks (rms on 64 float64 samples, JSON), GET /api/v1/tasks/{id}
-   every POLL_S until `finished`, then GET /api/v1/tasks/{id}/result; for DURATION_S after
+   loop: POST /api/v1/tasks (rms on 64 float64 samples, JSON), then one long poll
+   GET /api/v1/tasks/{id}/result?wait=WAIT_S (held until the task ends); for DURATION_S after
    a WARMUP_S warm-up. Round trips/s and p50/p99 of submit -> result. No reference. The
    client runs on the same machine and shares its cores: its CPU time and the appliance's
    are in the details, to show which side was saturated.
@@ -39,14 +39,13 @@ from bench.http_bench import Server, WrkResult, ensure_wrk, parse_wrk
 CLIENTS = 32
 DURATION_S = 8.0
 WARMUP_S = 1.0
-POLL_S = 0.002
+WAIT_S = 20  # the long poll on each task's result (`?wait=`)
 SMALL_SAMPLES = 64
 WRK_CONNECTIONS = 8
 WRK_DURATION_S = 5
 FIR_TAPS = 1024
 FIR_SAMPLES = 4 * 1024 * 1024
 FEEDERS = (os.cpu_count() or 1) + 2  # every slot busy, and one task queued behind each
-FEED_POLL_S = 0.05
 BUSY_WAIT_S = 5.0  # for the feeders to fill every slot before wrk starts
 SAMPLE_S = 0.1  # scheduler status sampled this often during the loaded wrk
 TARGET_BUSY = 0.9  # of the slots, on average, while the queue is fed
@@ -63,7 +62,6 @@ def _cpu_s(pid: int) -> float:
 class Counts:
     def __init__(self) -> None:
         self.latencies: list[float] = []
-        self.polls = 0
         self.errors: dict[str, int] = {}
 
     def error(self, what: str) -> None:
@@ -78,20 +76,8 @@ async def _round_trip(http: httpx.AsyncClient, body: dict[str, Any], counts: Cou
         await trio.sleep(0.01)
         return
     task_id = submitted.json()["id"]
-    while True:
-        polled = await http.get(f"/api/v1/tasks/{task_id}")
-        counts.polls += 1
-        if polled.status_code != 200:
-            counts.error(f"GET task {polled.status_code}")
-            return
-        task = polled.json()
-        if task["finished"]:
-            break
-        await trio.sleep(POLL_S)
-    if task["state"] != "succeeded":
-        counts.error(f"task {task['state']}")
-        return
-    result = await http.get(f"/api/v1/tasks/{task_id}/result")
+    # One long poll: the server holds the request until the task has ended.
+    result = await http.get(f"/api/v1/tasks/{task_id}/result", params={"wait": WAIT_S})
     if result.status_code != 200 or "rms" not in result.json()["outputs"]:
         counts.error(f"GET result {result.status_code}")
         return
@@ -147,8 +133,7 @@ class Feed:
             self.submitted += 1
             task_id = submitted.json()["id"]
             while True:
-                await trio.sleep(FEED_POLL_S)
-                polled = await http.get(f"/api/v1/tasks/{task_id}")
+                polled = await http.get(f"/api/v1/tasks/{task_id}", params={"wait": WAIT_S})
                 task = polled.json()
                 if task["finished"]:
                     self.finished.append(task)
@@ -247,7 +232,6 @@ def _summary(counts: Counts, seconds: float) -> dict[str, Any]:
         "round_trips_per_s": round(done / seconds, 1),
         "p50_ms": round(percentile(counts.latencies, 0.50) * 1000, 2),
         "p99_ms": round(percentile(counts.latencies, 0.99) * 1000, 2),
-        "polls_per_round_trip": round(counts.polls / done, 2) if done else None,
         "errors": counts.errors,
     }
 
@@ -273,7 +257,7 @@ def run() -> list[Figure]:
             trips.update(
                 clients=CLIENTS,
                 input_samples=SMALL_SAMPLES,
-                poll_s=POLL_S,
+                wait_s=WAIT_S,
                 warmup_s=WARMUP_S,
                 appliance_cpu_pct=round(app_cpu / wall * 100, 1),
                 client_cpu_pct=round(bench_cpu / wall * 100, 1),

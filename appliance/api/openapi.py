@@ -304,6 +304,14 @@ PATHS: dict[str, Any] = {
 }
 
 _TASK_ID = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "Long poll: hold the request until the task has ended, at most this many "
+    "seconds, and not past the start of a stop; then answer as without it",
+    "schema": {"type": "number", "minimum": 0, "maximum": 60},
+}
 SCHEMAS["Task"] = {
     "type": "object",
     "properties": {
@@ -433,7 +441,14 @@ PATHS.update(
             ),
         },
         "/api/v1/tasks/{task_id}": {
-            "get": {**_op("One task", "viewer", _json(_ref("Task"))), "parameters": _TASK_ID}
+            "get": {
+                **_op(
+                    "One task; with ?wait=S held until it has ended (or S seconds)",
+                    "viewer",
+                    _json(_ref("Task")),
+                ),
+                "parameters": [*_TASK_ID, _WAIT],
+            }
         },
         "/api/v1/tasks/{task_id}/result": {
             "get": {
@@ -443,7 +458,7 @@ PATHS.update(
                     "viewer",
                     _json({"type": "object"}),
                 ),
-                "parameters": _TASK_ID,
+                "parameters": [*_TASK_ID, _WAIT],
             }
         },
         "/api/v1/tasks/{task_id}/cancel": {
