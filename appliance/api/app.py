@@ -13,7 +13,7 @@ from appliance.api.context import ApiContext
 from appliance.api.front import Front
 from appliance.api.guard import MUTATING, identify
 from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
-from appliance.api.routes import admin, auth, system, tasks
+from appliance.api.routes import admin, auth, config, system, tasks
 from appliance.api.security import HSTS, SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def create_app(ctx: ApiContext) -> Front:
         PROVIDE_AUTOMATIC_OPTIONS=False,  # no CORS here: OPTIONS is a 405 like any other
     )
     app.json.sort_keys = False
-    for module in (system, auth, admin, tasks):
+    for module in (system, auth, admin, tasks, config):
         app.register_blueprint(module.blueprint)
 
     @app.before_request

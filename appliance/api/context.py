@@ -30,3 +30,4 @@ class ApiContext:
     kernels: dict[str, Any] = field(default_factory=dict)  # name -> appliance.kernels.Kernel
     scheduler: Any = None  # appliance.tasks.Scheduler once the task nursery runs
     stopping: trio.Event = field(default_factory=trio.Event)  # set when the stop begins
+    config: Any = None  # appliance.config.service.ConfigService

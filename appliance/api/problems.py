@@ -12,6 +12,7 @@ from typing import Any
 from werkzeug.exceptions import HTTPException
 
 from appliance.auth.errors import AuthError, Forbidden
+from appliance.config.errors import ConfigError
 from appliance.store import StoreClosed, StoreError, StoreFull
 
 CONTENT_TYPE = "application/problem+json"
@@ -77,6 +78,8 @@ class Problem(Exception):
 def problem_for_exception(exc: BaseException) -> Problem:
     if isinstance(exc, Problem):
         return exc
+    if isinstance(exc, ConfigError):
+        return Problem(exc.status, exc.code, exc.message, **exc.extra)
     if isinstance(exc, AuthError):
         status = 403 if isinstance(exc, Forbidden) else 401
         headers = {} if status == 403 else {"WWW-Authenticate": 'Bearer realm="appliance"'}

@@ -1,14 +1,21 @@
-"""Roles form a ladder: each one may do what the one below it may."""
+"""Roles form a ladder: each one may do what the one below it may.
+
+`replica` stands beside the ladder: a token another box uses to follow this one's config
+feed. It may read the feed and snapshots and nothing else; only admin may also do that.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-ROLES = ("viewer", "operator", "admin")
-_RANK = {role: rank for rank, role in enumerate(ROLES)}
+LADDER = ("viewer", "operator", "admin")
+ROLES = (*LADDER, "replica")
+_RANK = {role: rank for rank, role in enumerate(LADDER)}
 
 
 def role_allows(role: str, required: str) -> bool:
+    if required == "replica":
+        return role in ("replica", "admin")
     return _RANK.get(role, -1) >= _RANK[required]
 
 

@@ -29,6 +29,7 @@ from appliance import __version__
 from appliance.api import ApiContext, Metrics, create_app, serve_http
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
 from appliance.runtime.compute import build_scheduler, load_kernel_library, warm_kernels
+from appliance.runtime.configure import build_config, start_config
 from appliance.runtime.endpoints import http_url, write_endpoints
 from appliance.runtime.health import ComponentHealth, Health
 from appliance.runtime.lock import InstanceLock
@@ -128,6 +129,10 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     metrics = Metrics()
     metrics.gauges(lambda: _store_gauges(store))
 
+    config = build_config(settings, store)
+    # A replica's follower starts here (appliance/config/replica.py, etcd.py).
+    await start_config(config, settings, rt, nursery)
+
     rt.notifier.notify(STATUS="loading kernels")
     kernels = load_kernel_library(settings)
     kernels_ready = trio.Event()
@@ -145,6 +150,7 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
         kernels=kernels,
         scheduler=scheduler,
         stopping=rt.stop_requested,
+        config=config,
     )
 
     interval = watchdog_interval_s(os.environ, os.getpid())

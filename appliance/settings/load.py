@@ -41,7 +41,26 @@ def load_settings(sources: SettingsSources) -> Settings:
     if "dir" not in data:
         data["dir"] = _default_data_dir(environ)
     sections = {name: SECTIONS[name](**fields) for name, fields in values.items()}
-    return Settings(**sections, config_file=config_file)
+    settings = Settings(**sections, config_file=config_file)
+    _check_together(settings)
+    return settings
+
+
+def _check_together(settings: Settings) -> None:
+    """Rules that span keys."""
+    config = settings.config
+    if config.mode == "replica" and not config.upstream:
+        raise SettingsError("config.upstream", "a replica needs an upstream URL")
+    if config.upstream and not config.upstream.startswith(("http://", "https://")):
+        raise SettingsError("config.upstream", "expected an http:// or https:// URL")
+    if config.settings_key:
+        from appliance.config.errors import ConfigError
+        from appliance.config.keys import parse_key
+
+        try:
+            parse_key(config.settings_key)
+        except ConfigError as exc:
+            raise SettingsError("config.settings_key", exc.message) from None
 
 
 def _choose_config_file(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:

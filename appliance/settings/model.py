@@ -220,6 +220,33 @@ class TasksSettings:
 
 
 @dataclass(frozen=True)
+class ConfigSettings:
+    mode: str = setting(
+        "hub", parse_choice("hub", "replica"), "hub accepts writes; replica follows upstream."
+    )
+    upstream: str = setting(
+        "", parse_str, "Replica: the hub's base URL, or etcd's (upstream_kind = etcd)."
+    )
+    upstream_kind: str = setting(
+        "appliance", parse_choice("appliance", "etcd"), "What upstream is."
+    )
+    upstream_token: str = setting("", parse_str, "Replica: a token of the upstream's replica role.")
+    etcd_prefix: str = setting("/appliance/config/", parse_str, "Replica of etcd: the key prefix.")
+    max_content_bytes: int = setting(
+        1 << 20, parse_int(1, 16 << 20), "Largest content of one config version, in bytes."
+    )
+    log_retention: int = setting(
+        10_000, parse_int(10, 10_000_000), "Feed entries kept; older ones need a snapshot."
+    )
+    poll_wait_s: float = setting(
+        25.0, parse_float(0.1, 60.0), "Replica: how long each feed request is held upstream."
+    )
+    settings_key: str = setting(
+        "", parse_str, "A config key whose TOML content overrides live settings ('': none)."
+    )
+
+
+@dataclass(frozen=True)
 class SystemdSettings:
     watchdog: bool = setting(True, parse_bool, "Send WATCHDOG=1 when systemd asks for it.")
 
@@ -235,6 +262,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     tasks: TasksSettings = field(default_factory=TasksSettings)
     systemd: SystemdSettings = field(default_factory=SystemdSettings)
+    config: ConfigSettings = field(default_factory=ConfigSettings)
     # Where the values came from, for messages and for SIGHUP re-reads.
     config_file: Path | None = None
 
@@ -258,6 +286,7 @@ SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "tasks": TasksSettings,
     "systemd": SystemdSettings,
+    "config": ConfigSettings,
 }
 
 LIVE_KEYS = frozenset({"log.level", "ratelimit.rate", "ratelimit.burst"})

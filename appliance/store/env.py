@@ -40,6 +40,10 @@ DATABASES: dict[str, str] = {
     "task_inputs": "task input arrays by task id: dtype, shape, little-endian bytes",
     "task_results": "task outputs by task id: named scalars and arrays",
     "task_keys": "idempotency key -> task id",
+    "config_keys": "config key text -> latest version number, release rules, last revision",
+    "config_versions": "config key text + NUL + 8-byte number -> immutable version record",
+    "config_log": "8-byte config revision -> replication feed entry",
+    "config_meta": "config head revision, compaction point, follower state",
 }
 
 
