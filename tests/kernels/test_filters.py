@@ -155,6 +155,45 @@ def test_biquad_edges(dtype):
         biquad(np.array([np.inf], dtype=dtype), params)
 
 
+GROUP = 4096  # samples per group of blocks in the biquad and ewma kernels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("kind", "cutoff", "q"),
+    [("lowpass", 100.0, 0.7071), ("highpass", 4_900.0, 0.5), ("bandpass", 10.0, 50.0)],
+)
+def test_biquad_blocks_match_lfilter_on_long_inputs(dtype, kind, cutoff, q):
+    # Long enough for several groups of blocks and a tail; the designs decay fast (to flushed
+    # responses), slowly, and barely at all over one 512-sample block.
+    x = np.random.default_rng(11).normal(size=5 * GROUP + 123).astype(dtype)
+    params = {"kind": kind, "cutoff_hz": cutoff, "sample_rate_hz": 10_000.0, "q": q}
+    state = [0.75, -0.5]
+    got = KERNELS["biquad"](x, {**params, "state": state})
+    b, a = design_biquad(kind, cutoff, 10_000.0, q)
+    expected, expected_state = scipy.signal.lfilter(b, a, x.astype(np.float64), zi=state)
+    scale = np.abs(expected).max() + 1.0
+    np.testing.assert_allclose(got["y"], expected, rtol=OUT_RTOL[dtype], atol=1e-10 * scale)
+    np.testing.assert_allclose(got["state"], expected_state, rtol=1e-12, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("cut", [GROUP, 3 * GROUP, 1_000, 2 * GROUP + 7])
+def test_biquad_long_chunks_compose(cut):
+    x = np.random.default_rng(12).normal(size=4 * GROUP + 50)
+    params = {"kind": "lowpass", "cutoff_hz": 300.0, "sample_rate_hz": 10_000.0, "state": [1, 2]}
+    biquad = KERNELS["biquad"]
+    whole = biquad(x, params)
+    first = biquad(x[:cut], params)
+    second = biquad(x[cut:], {**params, "state": first["state"]})
+    chunked = np.concatenate([first["y"], second["y"]])
+    if cut % GROUP == 0:  # the same blocks either way: bit-for-bit
+        np.testing.assert_array_equal(chunked, whole["y"])
+        assert second["state"] == whole["state"]
+    else:  # other blocks, other rounding
+        np.testing.assert_allclose(chunked, whole["y"], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(second["state"], whole["state"], rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("cutoff", [500.0, 600.0])
 def test_biquad_refuses_a_cutoff_at_or_above_nyquist(cutoff):
     with pytest.raises(ParamError) as caught:
@@ -253,6 +292,25 @@ def test_fir_edges(dtype):
     with pytest.raises(InputError) as caught:
         fir(np.array([1.0, np.nan], dtype=dtype), {"taps": [1.0]})
     assert caught.value.code == "nonfinite_input"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ntaps", [1, 3, 4, 32, 37])
+def test_fir_long_inputs_match_convolve_and_chunks_compose(dtype, ntaps):
+    # Several output blocks, tap counts on and off the groups of four.
+    rng = np.random.default_rng(ntaps)
+    taps = rng.normal(size=ntaps).tolist()
+    history = rng.normal(size=ntaps - 1).tolist()
+    x = rng.normal(size=2_000).astype(dtype)
+    fir = KERNELS["fir"]
+    whole = fir(x, {"taps": taps, "state": history})
+    np.testing.assert_allclose(
+        whole["y"], reference_fir(taps, x, history), rtol=OUT_RTOL[dtype], atol=1e-12
+    )
+    for cut in (1, 255, 700):
+        first = fir(x[:cut], {"taps": taps, "state": history})
+        second = fir(x[cut:], {"taps": taps, "state": first["state"]})
+        np.testing.assert_array_equal(np.concatenate([first["y"], second["y"]]), whole["y"])
 
 
 def test_fir_param_checks():

@@ -164,6 +164,18 @@ def test_goertzel_keeps_its_accuracy_at_dc_and_nyquist_on_long_inputs():
     assert power == pytest.approx(n**2, rel=1e-12)
 
 
+@pytest.mark.parametrize("n", [7, 8, 9, 15, 4_099])
+@pytest.mark.parametrize("fraction", [0.0, 1e-6, 0.03, 0.125, 0.25, 0.3, 0.5, 0.75, 1.0])
+def test_goertzel_phases_add_up_for_any_length_and_frequency(n, fraction):
+    # The kernel runs 8 interleaved recurrences at 8ω; fractions of Nyquist k/8 put 8ω on a
+    # multiple of π, where its Reinsch branch flips, and n mod 8 leaves a direct tail.
+    x = np.random.default_rng(n).normal(size=n)
+    f = fraction * 500.0
+    got = KERNELS["goertzel"](x, {"frequency_hz": f, "sample_rate_hz": 1_000.0})["power"]
+    bound = x.size * float(np.sum(np.square(x)))
+    assert abs(got - reference_power(x, f, 1_000.0)) <= 1e-13 * bound
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_goertzel_edges(dtype):
     goertzel = KERNELS["goertzel"]
