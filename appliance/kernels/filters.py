@@ -1,5 +1,8 @@
 """Linear filters that stream: each call returns the filter `state` to pass with the next
-chunk, so filtering a signal in chunks gives exactly what filtering it at once gives.
+chunk, so filtering a signal in chunks gives what filtering it at once gives: exactly for
+the FIR filter; for the biquad exactly below 4,096 samples a call and when chunks are cut
+at multiples of 4,096, and otherwise to rounding (~1e-12 relative), because its long-input
+path works in blocks (see `_biquad`) that fall elsewhere when the cut moves.
 
 The state must round-trip through JSON parameters, which are finite numbers only, and an
 IIR filter never forgets a NaN; so these kernels refuse non-finite input.
