@@ -28,6 +28,8 @@ import trio
 from appliance import __version__
 from appliance.api import ApiContext, Metrics, create_app, serve_http
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
+from appliance.config import ConfigError, ConfigKey, parse_key
+from appliance.config.service import ConfigService
 from appliance.runtime.compute import build_scheduler, load_kernel_library, warm_kernels
 from appliance.runtime.configure import build_config, start_config
 from appliance.runtime.endpoints import http_url, write_endpoints
@@ -37,6 +39,7 @@ from appliance.runtime.logs import set_level
 from appliance.runtime.sdnotify import Notifier, watchdog_interval_s
 from appliance.settings import Settings, SettingsError, SettingsSources, live_changes
 from appliance.settings import load_settings as load
+from appliance.settings.overlay import parse_overlay, with_overlay
 from appliance.store import Store
 
 log = logging.getLogger("appliance")
@@ -53,6 +56,10 @@ class Runtime:
     health: Health = field(default_factory=lambda: Health(__version__))
     stop_requested: trio.Event = field(default_factory=trio.Event)
     limiter: RateLimiter | None = None
+    # The live settings come from `sources` (re-read on SIGHUP) with the fleet config's
+    # overlay on top (appliance/settings/overlay.py); `overlay` is the one in force.
+    overlay: dict[str, object] = field(default_factory=dict)
+    local: Settings | None = None  # the settings from `sources` alone, before the overlay
 
 
 class StartupError(Exception):
@@ -73,7 +80,7 @@ def run(settings: Settings, sources: SettingsSources) -> int:
     except OSError as exc:
         raise SettingsError("data.dir", f"cannot use {data_dir}: {exc.strerror}") from None
     try:
-        runtime = Runtime(settings, sources, Notifier())
+        runtime = Runtime(settings, sources, Notifier(), local=settings)
         trio.run(_main, runtime)
         return 0
     except BaseExceptionGroup as group:
@@ -132,6 +139,9 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     config = build_config(settings, store)
     # A replica's follower starts here (appliance/config/replica.py, etcd.py).
     await start_config(config, settings, rt, nursery)
+    if settings.config.settings_key:
+        overlay_key = parse_key(settings.config.settings_key)
+        await nursery.start(_follow_settings_overlay, rt, config, overlay_key)
 
     rt.notifier.notify(STATUS="loading kernels")
     kernels = load_kernel_library(settings)
@@ -239,16 +249,59 @@ def _reload(rt: Runtime) -> None:
     except SettingsError as exc:
         log.error("reload refused, keeping the running settings: %s", exc)
     else:
-        live, restart = live_changes(rt.settings, new)
-        if "log.level" in live:
-            set_level(live["log.level"])
-        if rt.limiter is not None:
-            rt.limiter.configure(new.ratelimit.rate, new.ratelimit.burst)
+        rt.local = new
+        _apply_settings(rt, with_overlay(new, rt.overlay), "reloaded settings", restart_ok=True)
+    rt.notifier.notify(READY=1, STATUS="serving")
+
+
+def _apply_settings(rt: Runtime, new: Settings, what: str, *, restart_ok: bool = False) -> None:
+    """Apply the live keys of `new`; warn about the others (they wait for a restart)."""
+    live, restart = live_changes(rt.settings, new)
+    if "log.level" in live:
+        set_level(live["log.level"])
+    if rt.limiter is not None:
+        rt.limiter.configure(new.ratelimit.rate, new.ratelimit.burst)
+    if restart_ok:
         for key in restart:
             log.warning("%s changed; it takes effect at the next restart", key)
-        rt.settings = _merge_live(rt.settings, new)
-        log.info("reloaded settings: %s", ", ".join(sorted(live)) or "nothing live changed")
-    rt.notifier.notify(READY=1, STATUS="serving")
+    rt.settings = _merge_live(rt.settings, new)
+    changes = ", ".join(f"{key}={value}" for key, value in sorted(live.items()))
+    log.info("%s: %s", what, changes or "nothing live changed")
+
+
+async def _follow_settings_overlay(
+    rt: Runtime,
+    config: ConfigService,
+    key: ConfigKey,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep the live settings in step with the config key `config.settings_key`."""
+    applied: str | None = None  # sha256 of the overlay content in force (None: none)
+    revision = config.notifier.revision
+    task_status.started()
+    while True:
+        try:
+            version, _ = config.effective(key)
+        except ConfigError:  # no such key, or not released to this box: no overlay
+            version = None
+        sha = None if version is None else version.sha256
+        if sha != applied:
+            applied = sha
+            try:
+                overlay = {} if version is None else parse_overlay(version.format, version.content)
+            except SettingsError as exc:
+                log.error(
+                    "settings overlay %s v%s refused, keeping the one in force: %s",
+                    key,
+                    version.number,
+                    exc,
+                )
+            else:
+                rt.overlay = overlay
+                where = f"settings overlay {key} " + (f"v{version.number}" if version else "gone")
+                _apply_settings(rt, with_overlay(rt.local or rt.settings, overlay), where)
+        revision = await config.notifier.wait_beyond(revision)
 
 
 def _merge_live(old: Settings, new: Settings) -> Settings:
