@@ -19,7 +19,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from bench import http_bench, kernels_bench, startup_bench, store_bench, tasks_bench
+from bench import config_bench, http_bench, kernels_bench, startup_bench, store_bench, tasks_bench
 from bench.common import RESULTS, Figure, disk_base, log
 
 # name -> (run function, hard time limit in seconds)
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], list[Figure]], int]] = {
     "http": (http_bench.run, 150),
     "tasks": (tasks_bench.run, 120),
     "startup": (startup_bench.run, 150),
+    "config": (config_bench.run, 300),
 }
 
 

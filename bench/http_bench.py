@@ -134,24 +134,32 @@ class Server:
     """One server process: the appliance or the reference, started and waited for."""
 
     def __init__(
-        self, kind: str, root: Path, body_file: Path | None = None, content_type: str = ""
+        self,
+        kind: str,
+        root: Path,
+        body_file: Path | None = None,
+        content_type: str = "",
+        *,
+        name: str = "data",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kind = kind
-        self.log_path = root / f"{kind}.log"
+        self.log_path = root / f"{kind}-{name}.log"
         self.url = ""
+        self.data_dir = root / name
         if kind == "appliance":
-            self.url_file = root / "data" / "run" / "endpoints.json"
+            self.url_file = self.data_dir / "run" / "endpoints.json"
             args = [
                 PYTHON,
                 "-m",
                 "appliance",
                 "run",
                 "--data-dir",
-                str(root / "data"),
+                str(self.data_dir),
                 "--http",
                 "127.0.0.1:0",
             ]
-            env = child_environment(APPLIANCE_ENV)
+            env = child_environment({**APPLIANCE_ENV, **(env or {})})
         else:
             assert body_file is not None
             self.url_file = root / "reference.url"
