@@ -10,41 +10,105 @@ from appliance.kernels.peakfind import find_peaks
 from appliance.kernels.registry import register
 from appliance.kernels.spec import InputRules, Kernel, Outputs
 
+# Inputs longer than this get their mean and variance in one pass, about the mean of
+# their first _CENTER_SAMPLES samples.
+_CENTER_SAMPLES = 65_536
+
+
+@njit(nogil=True, cache=True)
+def _finite_moments(x, center):
+    """(n, sum(d), sum(d²)) for d = x - center over the finite samples, in four interleaved
+    partial sums (independent chains); a non-finite sample adds 0."""
+    a1 = b1 = c1 = d1 = 0.0
+    a2 = b2 = c2 = d2 = 0.0
+    valid = 0
+    n = x.size
+    i = 0
+    while i + 4 <= n:
+        va = np.float64(x[i])
+        vb = np.float64(x[i + 1])
+        vc = np.float64(x[i + 2])
+        vd = np.float64(x[i + 3])
+        fa = np.isfinite(va)
+        fb = np.isfinite(vb)
+        fc = np.isfinite(vc)
+        fd = np.isfinite(vd)
+        valid += fa + fb + fc + fd
+        da = va - center if fa else 0.0
+        db = vb - center if fb else 0.0
+        dc = vc - center if fc else 0.0
+        dd = vd - center if fd else 0.0
+        a1 += da
+        b1 += db
+        c1 += dc
+        d1 += dd
+        a2 += da * da
+        b2 += db * db
+        c2 += dc * dc
+        d2 += dd * dd
+        i += 4
+    for j in range(i, n):
+        va = np.float64(x[j])
+        if np.isfinite(va):
+            valid += 1
+            da = va - center
+            a1 += da
+            a2 += da * da
+    return valid, (a1 + b1) + (c1 + d1), (a2 + b2) + (c2 + d2)
+
 
 @njit(nogil=True, cache=True)
 def _zscore_flags(x, threshold, flags):
     """Set flags[i] = 1 where |x[i] - mean| / std > threshold; return (count, mean, std).
 
-    Non-finite samples are skipped everywhere. Two passes: the mean first, then the squared
-    deviations from it, so a large offset does not cancel the variance away. The mean is
-    summed relative to the first finite sample, which makes a constant window's mean exact
-    and its std exactly 0 (no rounding noise to flag).
+    Non-finite samples are skipped everywhere. The squared deviations are summed about a
+    point near the mean, so a large offset does not cancel the variance away: up to
+    _CENTER_SAMPLES samples, in two passes, the mean first, then the squared deviations from
+    it; beyond, in one pass about the mean c of the first _CENTER_SAMPLES samples, with the
+    correction m2 = sum((x - c)²) - sum(x - c)²/n (Chan, Golub and LeVeque's corrected
+    two-pass formula; c is far from the mean only if the variance is large with it, which
+    bounds the cancellation by n / _CENTER_SAMPLES). Sums start relative to the first finite
+    sample, which makes a constant window's mean exact and its std exactly 0 (no rounding
+    noise to flag). The flagging pass divides only the samples within a few ulps of the
+    threshold; the others are decided by comparing |x - mean| with threshold·std, widened by
+    4 eps either way.
     """
-    valid = 0
-    shift = 0.0
-    total = 0.0
-    for value in x:
-        if np.isfinite(value):
-            if valid == 0:
-                shift = np.float64(value)
-            total += np.float64(value) - shift
-            valid += 1
-    if valid == 0:
+    shift = np.nan
+    for i in range(x.size):
+        if np.isfinite(x[i]):
+            shift = np.float64(x[i])
+            break
+    if np.isnan(shift):
         return 0, np.nan, np.nan
-    mean = shift + total / valid
-    squares = 0.0
-    for value in x:
-        if np.isfinite(value):
-            deviation = np.float64(value) - mean
-            squares += deviation * deviation
-    std = np.sqrt(squares / valid)
+    if x.size <= _CENTER_SAMPLES:
+        valid, total, _ = _finite_moments(x, shift)
+        mean = shift + total / valid
+        squares = _finite_moments(x, mean)[2]
+    else:
+        head, total, _ = _finite_moments(x[:_CENTER_SAMPLES], shift)
+        center = shift + total / head if head else shift
+        valid, total, squares = _finite_moments(x, center)
+        mean = center + total / valid
+        squares -= total * (total / valid)
+    std = np.sqrt(max(squares, 0.0) / valid)
     count = 0
-    if std > 0.0:
-        for i in range(x.size):
-            value = np.float64(x[i])
-            if np.isfinite(value) and abs(value - mean) / std > threshold:
-                flags[i] = 1
-                count += 1
+    if not std > 0.0:
+        return count, mean, std
+    limit = threshold * std
+    eps4 = 4.0 * np.finfo(np.float64).eps
+    low = limit * (1.0 - eps4)  # below: surely not flagged; above `high`: surely flagged
+    high = limit * (1.0 + eps4)
+    if not (low > 1e-290 and high < 1e290):  # under- or overflow: divide every sample
+        low = 0.0
+        high = np.inf
+    for i in range(x.size):
+        value = np.float64(x[i])
+        distance = abs(value - mean)
+        if distance <= low or not np.isfinite(value):
+            continue
+        if distance > high or distance / std > threshold:
+            flags[i] = 1
+            count += 1
     return count, mean, std
 
 

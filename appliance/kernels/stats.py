@@ -41,19 +41,72 @@ register(
 )
 
 
+# Long inputs run as groups of _EWMA_LANES blocks of _EWMA_BLOCK samples (see _ewma_blocks).
+_EWMA_BLOCK = 512
+_EWMA_LANES = 8
+_EWMA_TINY = 1e-250  # powers of (1 - alpha) below this are flushed to 0: denormals are slow
+
+
 @njit(nogil=True, cache=True)
-def _ewma(x, alpha, initial, has_initial, out):
-    level = initial
-    started = has_initial
-    for i in range(x.size):
-        value = np.float64(x[i])
-        if not started:
-            level = value
-            started = True
-        else:
-            level = level + alpha * (value - level)
+def _ewma_serial(x, start, alpha, level, out):
+    for i in range(start, x.size):
+        level = level + alpha * (np.float64(x[i]) - level)
         out[i] = level
     return level
+
+
+@njit(nogil=True, cache=True)
+def _ewma_blocks(x, start, alpha, level, out):
+    """The recurrence over whole groups of blocks from x[start]; returns (level, where the
+    groups ended). y = (1-α)·y + α·x is linear, so a block's output is its zero-state output
+    plus (1-α)^(j+1)·level: _EWMA_LANES blocks first run from zero side by side (independent
+    chains, in lock-step), then each adds the true incoming level and passes on its last.
+    A NaN or inf stops the groups: the plain loop then gives it its usual path."""
+    group = _EWMA_LANES * _EWMA_BLOCK
+    decay = 1.0 - alpha
+    powers = np.empty(_EWMA_BLOCK)  # (1-α)^(j+1)
+    power = 1.0
+    for j in range(_EWMA_BLOCK):
+        power = power * decay if power >= _EWMA_TINY else 0.0
+        powers[j] = power
+    zero = np.empty(group)
+    lanes = np.empty(_EWMA_LANES)
+    while start + group <= x.size and np.isfinite(level):
+        lanes[:] = 0.0
+        for j in range(_EWMA_BLOCK):
+            for lane in range(_EWMA_LANES):
+                k = lane * _EWMA_BLOCK + j
+                lanes[lane] = decay * lanes[lane] + alpha * np.float64(x[start + k])
+                zero[k] = lanes[lane]
+        if not np.isfinite(lanes).all():
+            break  # a NaN or inf in these blocks: leave them to the plain loop
+        for lane in range(_EWMA_LANES):
+            block = out[start + lane * _EWMA_BLOCK : start + (lane + 1) * _EWMA_BLOCK]
+            forced = zero[lane * _EWMA_BLOCK : (lane + 1) * _EWMA_BLOCK]
+            for j in range(_EWMA_BLOCK):
+                block[j] = forced[j] + powers[j] * level
+            level = forced[_EWMA_BLOCK - 1] + powers[_EWMA_BLOCK - 1] * level
+        start += group
+    return level, start
+
+
+@njit(nogil=True, cache=True)
+def _ewma(x, alpha, initial, has_initial, out):
+    """level += α·(x - level) per sample (y[0] = x[0] without an initial level).
+
+    Inputs of a group (4096 samples) or more are split into blocks computed several at a
+    time (see _ewma_blocks); results differ from the plain loop by rounding only."""
+    if x.size == 0:
+        return initial
+    level = initial
+    start = 0
+    if not has_initial:
+        level = np.float64(x[0])
+        out[0] = level
+        start = 1
+    if np.isfinite(level):
+        level, start = _ewma_blocks(x, start, alpha, level, out)
+    return _ewma_serial(x, start, alpha, level, out)
 
 
 def run_ewma(x: np.ndarray, params: dict) -> Outputs:
@@ -257,28 +310,90 @@ register(
 
 
 @njit(nogil=True, cache=True)
+def _peak_and_sum(x):
+    """(max |x|, sum(x)) in float64, each in four interleaved partials (independent chains).
+    The sum is non-finite if any sample is (or if it overflows)."""
+    p0 = p1 = p2 = p3 = 0.0
+    s0 = s1 = s2 = s3 = 0.0
+    n = x.size
+    i = 0
+    while i + 4 <= n:
+        a = np.float64(x[i])
+        b = np.float64(x[i + 1])
+        c = np.float64(x[i + 2])
+        d = np.float64(x[i + 3])
+        p0 = max(p0, abs(a))
+        p1 = max(p1, abs(b))
+        p2 = max(p2, abs(c))
+        p3 = max(p3, abs(d))
+        s0 += a
+        s1 += b
+        s2 += c
+        s3 += d
+        i += 4
+    for j in range(i, n):
+        a = np.float64(x[j])
+        p0 = max(p0, abs(a))
+        s0 += a
+    return max(max(p0, p1), max(p2, p3)), (s0 + s1) + (s2 + s3)
+
+
+@njit(nogil=True, cache=True)
+def _central_moments(x, scale, mean):
+    """(sum(d²), sum(d⁴)) for d = x·scale - mean, in four interleaved partials."""
+    a2 = b2 = c2 = d2 = 0.0
+    a4 = b4 = c4 = d4 = 0.0
+    n = x.size
+    i = 0
+    while i + 4 <= n:
+        a = np.float64(x[i]) * scale - mean
+        b = np.float64(x[i + 1]) * scale - mean
+        c = np.float64(x[i + 2]) * scale - mean
+        d = np.float64(x[i + 3]) * scale - mean
+        a *= a
+        b *= b
+        c *= c
+        d *= d
+        a2 += a
+        b2 += b
+        c2 += c
+        d2 += d
+        a4 += a * a
+        b4 += b * b
+        c4 += c * c
+        d4 += d * d
+        i += 4
+    for j in range(i, n):
+        a = np.float64(x[j]) * scale - mean
+        a *= a
+        a2 += a
+        a4 += a * a
+    return (a2 + b2) + (c2 + d2), (a4 + b4) + (c4 + d4)
+
+
+@njit(nogil=True, cache=True)
 def _kurtosis(x, fisher):
+    """Two passes: max |x| and the sum, then the central moments of the scaled samples.
+
+    sum(x)·s equals sum(x·s) for a power of two s while nothing overflows, so the first pass
+    needs no scale; a non-finite sum (a NaN or inf sample, or an overflow) takes a slower
+    pass that scales each sample first."""
     n = x.size
     if n < 2:
         return np.nan
-    peak = 0.0
-    for i in range(n):
-        magnitude = abs(np.float64(x[i]))
-        if not np.isfinite(magnitude):
-            return np.nan
-        peak = max(peak, magnitude)
+    peak, total = _peak_and_sum(x)
     scale = _pow2_scale(peak) if peak > 0.0 else 1.0
-    total = 0.0
-    for i in range(n):
-        total += np.float64(x[i]) * scale
+    if np.isfinite(total):
+        total *= scale
+    else:
+        total = 0.0
+        for i in range(n):
+            value = np.float64(x[i])
+            if not np.isfinite(value):
+                return np.nan
+            total += value * scale
     mean = total / n
-    m2 = 0.0
-    m4 = 0.0
-    for i in range(n):
-        deviation = np.float64(x[i]) * scale - mean
-        square = deviation * deviation
-        m2 += square
-        m4 += square * square
+    m2, m4 = _central_moments(x, scale, mean)
     m2 /= n
     m4 /= n
     # scipy's test for a constant input: a variance at the rounding level of the mean.

@@ -84,6 +84,68 @@ def test_zscore_edges(dtype):
         zscore(np.ones(3, dtype=dtype), {"threshold": 0})
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zscore_long_input_with_holes_matches_numpy(dtype):
+    # 10,007 samples (the four-way partial sums and their remainder), holes at the start,
+    # in the middle and at the end, and samples placed exactly at and next to the threshold.
+    rng = np.random.default_rng(7)
+    x = (5.0 + rng.standard_normal(10_007)).astype(dtype)
+    x[[0, 4_000, 4_001, x.size - 1]] = [np.nan, np.inf, -np.inf, np.nan]
+    first = KERNELS["zscore_flags"](x, {"threshold": 2.5})
+    mean, std = first["mean"], first["std"]
+    for k, z in enumerate((2.5, -2.5, 2.5 + 1e-15, 2.5 - 1e-15)):
+        x[10 + k] = mean + z * std  # moves the mean and std a little; the check uses the new ones
+    out = KERNELS["zscore_flags"](x, {"threshold": 2.5})
+    valid = x[np.isfinite(x)].astype(np.float64)
+    np.testing.assert_allclose(out["mean"], valid.mean(), rtol=0, atol=1e-12 * np.abs(valid).max())
+    np.testing.assert_allclose(out["std"], valid.std(), rtol=0, atol=1e-12 * np.abs(valid).max())
+    wide = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        expected = np.isfinite(wide) & (np.abs(wide - out["mean"]) / out["std"] > 2.5)
+    np.testing.assert_array_equal(out["flags"], expected.astype(np.uint8))
+    assert out["count"] == int(expected.sum()) >= 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ["offset", "step", "constant"])
+def test_zscore_one_pass_on_long_inputs_matches_numpy(dtype, shape):
+    # Past 65,536 samples the moments come from one pass about the mean of the first
+    # 65,536: an offset, a step away from that first stretch, and a constant input (std
+    # exactly 0) must all still agree with numpy's two-pass figures.
+    rng = np.random.default_rng(8)
+    n = 200_003
+    if shape == "offset":
+        x = 1e4 + 1e-2 * rng.standard_normal(n)
+    elif shape == "step":
+        x = np.where(np.arange(n) < 70_000, 0.0, 1e3) + rng.standard_normal(n)
+    else:
+        x = np.full(n, 0.1)
+    x = x.astype(dtype)
+    x[[3, 65_535, 65_536, 150_000]] = [np.nan, np.inf, -np.inf, np.nan]
+    out = KERNELS["zscore_flags"](x, {"threshold": 2.0})
+    valid = x[np.isfinite(x)].astype(np.float64)
+    scale = float(np.abs(valid).max())
+    np.testing.assert_allclose(out["mean"], valid.mean(), rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(out["std"], valid.std(), rtol=0, atol=1e-12 * scale)
+    if shape == "constant":
+        assert out["std"] == 0.0 and out["count"] == 0
+        return
+    wide = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        expected = np.isfinite(wide) & (np.abs(wide - out["mean"]) / out["std"] > 2.0)
+    np.testing.assert_array_equal(out["flags"], expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e150])
+def test_zscore_without_a_safe_comparison_band_divides(scale):
+    # threshold·std near under- or overflow: every sample is decided by the division itself.
+    x = np.array([0.0] * 9 + [10.0]) * scale
+    for threshold in (2.0, 3.0, 0.3, 1e-145, 1e145, 1e-160):
+        out = KERNELS["zscore_flags"](x, {"threshold": threshold})
+        z = np.abs(x - out["mean"]) / out["std"]
+        np.testing.assert_array_equal(out["flags"], (z > threshold).astype(np.uint8))
+
+
 # --- cusum ----------------------------------------------------------------------------------
 
 

@@ -175,6 +175,48 @@ def test_histogram_edges(dtype):
             histogram(np.ones(3, dtype=dtype), bad)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [1, 7, 100, 4096])
+def test_histogram_long_input_on_and_beside_edges_matches_numpy(dtype, bins):
+    # Every edge, its neighbours one ulp away, noise, and holes in the middle: the scaled
+    # estimate, the values near an edge that are checked against it, and NaN/inf counting.
+    rng = np.random.default_rng(bins)
+    edges = np.linspace(-3.0, 5.0, bins + 1)
+    x = np.concatenate(
+        [
+            edges,
+            np.nextafter(edges, -np.inf),
+            np.nextafter(edges, np.inf),
+            rng.uniform(-3.0, 5.0, 10_000),
+            [np.nan, np.inf, -np.inf, np.nan],
+        ]
+    ).astype(dtype)
+    rng.shuffle(x)
+    for chosen in (None, [-3.0, 5.0], [-1.0, 1.0]):
+        params = {"bins": bins} if chosen is None else {"bins": bins, "range": chosen}
+        out = KERNELS["histogram"](x, params)
+        wide = x.astype(np.float64)
+        finite = wide[np.isfinite(wide)]
+        counts, numpy_edges = np.histogram(
+            wide[~np.isnan(wide)] if chosen else finite, bins, range=chosen
+        )
+        np.testing.assert_array_equal(out["edges"], numpy_edges)
+        np.testing.assert_array_equal(out["counts"], counts)
+        assert out["nan_count"] == 2
+
+
+def test_histogram_with_edges_at_the_rounding_limit_repeats_numpy():
+    # A span of a few ulps of the values: the edges are rounded by up to a bin, so numpy's
+    # own arithmetic (not the scaled shortcut) decides, and must be repeated exactly.
+    base = 1e6
+    x = base + np.arange(-50, 51) * np.spacing(base)
+    for bins in (3, 10, 64):
+        out = KERNELS["histogram"](x, {"bins": bins})
+        counts, edges = np.histogram(x, bins)
+        np.testing.assert_array_equal(out["edges"], edges)
+        np.testing.assert_array_equal(out["counts"], counts)
+
+
 def test_histogram_refuses_a_span_that_overflows():
     with pytest.raises(InputError) as error:
         KERNELS["histogram"](np.array([-1e308, 1e308]))

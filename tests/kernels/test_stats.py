@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.signal
 import scipy.stats
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -80,6 +81,53 @@ def test_ewma_edges(dtype):
     assert poisoned[0] == 1.0 and np.isnan(poisoned[1:]).all()
 
 
+EWMA_GROUP = 4096  # samples per group of blocks in the kernel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha", [0.001, 0.01, 0.5, 1.0])
+def test_ewma_blocks_match_lfilter_on_long_inputs(dtype, alpha):
+    # Several groups of blocks and a tail; alpha = 0.5 flushes its powers to 0 in a block.
+    x = (np.random.default_rng(21).normal(size=5 * EWMA_GROUP + 77) + 3.0).astype(dtype)
+    got = KERNELS["ewma"](x, {"alpha": alpha, "state": 2.0})
+    expected = scipy.signal.lfilter(
+        [alpha], [1.0, alpha - 1.0], x.astype(np.float64), zi=[(1.0 - alpha) * 2.0]
+    )[0]
+    np.testing.assert_allclose(got["y"], expected, rtol=RTOL[dtype], atol=1e-12)
+    assert got["state"] == pytest.approx(float(expected[-1]), rel=1e-12)
+    first = KERNELS["ewma"](x, {"alpha": alpha})
+    assert first["y"][0] == x[0]
+    np.testing.assert_allclose(first["y"], reference_ewma(x, alpha), rtol=RTOL[dtype], atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [5, 3 * EWMA_GROUP + 100, 5 * EWMA_GROUP + 10])
+def test_ewma_long_inputs_keep_nonfinite_semantics(bad, where):
+    # Before the bad sample: as usual; from it on: exactly what the plain recurrence gives.
+    x = np.random.default_rng(22).normal(size=5 * EWMA_GROUP + 40)
+    x[where] = bad
+    got = KERNELS["ewma"](x, {"alpha": 0.25})["y"]
+    with np.errstate(invalid="ignore"):  # inf - inf in the reference, as in the kernel
+        expected = reference_ewma(x, 0.25)
+    np.testing.assert_allclose(got[:where], expected[:where], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(got[where:], expected[where:])
+
+
+@pytest.mark.parametrize("cut", [1, 1_000, EWMA_GROUP + 1, 2 * EWMA_GROUP + 333])
+def test_ewma_long_chunks_compose(cut):
+    x = np.random.default_rng(23).normal(size=4 * EWMA_GROUP + 9)
+    ewma = KERNELS["ewma"]
+    whole = ewma(x, {"alpha": 0.01})
+    first = ewma(x[:cut], {"alpha": 0.01})
+    second = ewma(x[cut:], {"alpha": 0.01, "state": first["state"]})
+    chunked = np.concatenate([first["y"], second["y"]])
+    if cut % EWMA_GROUP == 1:  # after y[0] = x[0], the same blocks either way: bit-for-bit
+        np.testing.assert_array_equal(chunked, whole["y"])
+    else:
+        np.testing.assert_allclose(chunked, whole["y"], rtol=1e-12, atol=1e-13)
+    assert second["state"] == pytest.approx(whole["state"], rel=1e-12)
+
+
 # Moving windows ----------------------------------------------------------------------------
 
 EPS = np.finfo(np.float64).eps
@@ -155,8 +203,57 @@ def test_sma_edges(dtype):
         sma(x, {"window": 0})
 
 
+def long_series_with_holes(dtype, window):
+    """5,003 samples of noise on an offset, with NaN and ±inf on both sides of the block
+    boundaries (multiples of `window`), inside a block, and at the very end."""
+    x = (100.0 + np.random.default_rng(window).normal(size=5_003)).astype(dtype)
+    for index, value in (
+        (2 * window - 1, np.nan),
+        (2 * window, np.inf),
+        (7 * window + 3, -np.inf),
+        (7 * window + 5, np.inf),
+        (min(20 * window + window // 2, 4_000), np.nan),
+        (x.size - 1, np.inf),
+    ):
+        x[index] = value
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [1, 2, 7, 64, 333])
+def test_sma_long_input_with_holes_matches_numpy(dtype, window):
+    x = long_series_with_holes(dtype, window)
+    y = KERNELS["sma"](x, {"window": window})["y"]
+    with np.errstate(invalid="ignore"):
+        expected = windows(x, window).sum(axis=1) / window  # inf - inf is NaN, as documented
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_allclose(y, expected.astype(dtype), rtol=OUT_RTOL[dtype] + 1e-12)
+
+
 def reference_rolling_std(x, window, ddof):
     return windows(x, window).std(axis=1, ddof=ddof)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [1, 2, 7, 64, 333])
+def test_rolling_std_long_input_with_holes_matches_numpy(dtype, window):
+    x = long_series_with_holes(dtype, window)
+    for ddof in (0, 1) if window > 1 else (0,):
+        y = KERNELS["rolling_std"](x, {"window": window, "ddof": ddof})["y"]
+        with np.errstate(invalid="ignore"):
+            expected = reference_rolling_std(x, window, ddof)
+        expected[~np.isfinite(windows(x, window)).all(axis=1)] = np.nan
+        assert y.dtype == dtype
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+        # As variances, with the tolerance of test_rolling_std_matches_numpy.
+        scale = float(np.nanmax(np.square(np.where(np.isfinite(x), x, np.nan), dtype=np.float64)))
+        np.testing.assert_allclose(
+            np.square(y.astype(np.float64)),
+            np.square(expected),
+            rtol=2 * OUT_RTOL[dtype] + 1e-12,
+            atol=32 * EPS * scale,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -308,6 +405,26 @@ def test_kurtosis_is_stable_on_a_large_offset():
     x = 1e6 + noise
     got = KERNELS["kurtosis"](x)["kurtosis"]
     assert got == pytest.approx(scipy.stats.kurtosis(x - 1e6), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kurtosis_long_input_matches_scipy(dtype):
+    # 10,007 samples: the four-way partial sums and their remainder loop.
+    x = np.random.default_rng(5).standard_t(5, size=10_007).astype(dtype)
+    expected = float(scipy.stats.kurtosis(x.astype(np.float64)))
+    assert KERNELS["kurtosis"](x)["kurtosis"] == pytest.approx(expected, rel=1e-9)
+    for index in (0, 5_000, x.size - 1):  # a non-finite sample anywhere: NaN
+        for bad in (np.nan, np.inf, -np.inf):
+            holed = x.copy()
+            holed[index] = bad
+            assert np.isnan(KERNELS["kurtosis"](holed)["kurtosis"])
+
+
+def test_kurtosis_when_the_plain_sum_overflows():
+    # sum(x) overflows float64 before scaling: the careful pass scales each sample first.
+    x = np.random.default_rng(6).uniform(1.0, 2.0, size=1_001) * 1e306
+    got = KERNELS["kurtosis"](x)["kurtosis"]
+    assert got == pytest.approx(scipy.stats.kurtosis(x / 1e306), rel=1e-9)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
