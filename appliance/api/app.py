@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
@@ -15,6 +16,7 @@ from appliance.api.guard import MUTATING, identify
 from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
 from appliance.api.routes import admin, auth, config, system, tasks
 from appliance.api.security import HSTS, SECURITY_HEADERS
+from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -27,7 +29,10 @@ def create_app(ctx: ApiContext) -> Front:
     app.config.update(
         APPLIANCE=ctx,
         # The largest any route takes; `before` narrows it per route (see body_limit).
-        MAX_CONTENT_LENGTH=max(settings.http.max_body_bytes, settings.tasks.max_input_bytes),
+        MAX_CONTENT_LENGTH=max(
+            settings.http.max_body_bytes,
+            *(limit(settings) for limit in LARGE_BODY_ENDPOINTS.values()),
+        ),
         BODY_TIMEOUT=30,
         RESPONSE_TIMEOUT=None,
         JSON_SORT_KEYS=False,
@@ -79,16 +84,22 @@ def create_app(ctx: ApiContext) -> Front:
     return Front(app, ctx)
 
 
-LARGE_BODY_ENDPOINTS = frozenset({"tasks.submit_task"})
+# Routes whose bodies may be larger than http.max_body_bytes, and their limits.
+LARGE_BODY_ENDPOINTS: dict[str, Callable[[Settings], int]] = {
+    "tasks.submit_task": lambda settings: settings.tasks.max_input_bytes,
+    "config.add_version": config.version_body_limit,
+}
 
 
 def _limit_body(ctx: ApiContext) -> None:
-    """Task submissions may be large (tasks.max_input_bytes); every other body is held to
-    http.max_body_bytes. Quart fixes a request's limit when it builds the body, so the
-    per-route limit is set on the body itself, before anything is read."""
+    """Task submissions (tasks.max_input_bytes) and config versions (config.max_content_bytes
+    as JSON) may be large; every other body is held to http.max_body_bytes. Quart fixes a
+    request's limit when it builds the body, so the per-route limit is set on the body
+    itself, before anything is read."""
     settings = ctx.settings()
-    large = request.url_rule is not None and request.url_rule.endpoint in LARGE_BODY_ENDPOINTS
-    limit = settings.tasks.max_input_bytes if large else settings.http.max_body_bytes
+    endpoint = request.url_rule.endpoint if request.url_rule is not None else None
+    large = LARGE_BODY_ENDPOINTS.get(endpoint) if endpoint else None
+    limit = large(settings) if large else settings.http.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
     request.body._max_content_length = limit

@@ -477,6 +477,337 @@ PATHS.update(
     }
 )
 
+_KEY_PARAMS = [
+    {
+        "name": segment,
+        "in": "path",
+        "required": True,
+        "description": "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+    }
+    for segment in ("tenant", "app", "env", "name")
+]
+_KEY = "/api/v1/config/{tenant}/{app}/{env}/{name}"
+_REVISION = {"type": "integer", "minimum": 0}
+SCHEMAS["ConfigVersion"] = {
+    "type": "object",
+    "description": "An immutable version of a key (listings leave out `content`, give `size`)",
+    "properties": {
+        "number": {"type": "integer", "minimum": 1},
+        "format": {"enum": ["json", "toml", "yaml", "text"]},
+        "content": {"type": "string"},
+        "size": {"type": "integer", "description": "bytes of content (UTF-8)"},
+        "sha256": {"type": "string"},
+        "author": {"type": "string"},
+        "comment": {"type": "string"},
+        "created_at": {"type": "number"},
+    },
+}
+SCHEMAS["NewConfigVersion"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["format", "content"],
+    "properties": {
+        "format": {"enum": ["json", "toml", "yaml", "text"]},
+        "content": {
+            "type": "string",
+            "minLength": 1,
+            "description": "must parse as its format; at most config.max_content_bytes",
+        },
+        "comment": {"type": "string", "maxLength": 1024},
+    },
+}
+SCHEMAS["ReleaseRule"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "priority"],
+    "properties": {
+        "labels": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "all must be labels of the box, with these values",
+        },
+        "version": {"type": "integer", "description": "an existing version of the key"},
+        "priority": {
+            "type": "integer",
+            "minimum": -1000,
+            "maximum": 1000,
+            "description": "distinct within a key; the highest matching rule wins",
+        },
+        "percent": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 100,
+            "description": "only this share of the matching boxes (a sticky bucket per box)",
+        },
+    },
+}
+SCHEMAS["ReleaseRules"] = {
+    "type": "object",
+    "properties": {
+        "key": {"type": "string"},
+        "rules": {"type": "array", "items": _ref("ReleaseRule")},
+        "revision": _REVISION,
+    },
+}
+_CONTENT = {"schema": {"type": "string"}}
+_CONFIG_HEADERS = {
+    "ETag": {"description": "the content's sha256, quoted", "schema": {"type": "string"}},
+    "X-Config-Version": {"schema": {"type": "integer"}},
+    "X-Config-Revision": {"description": "this box's config revision", "schema": _REVISION},
+    "X-Config-Format": {"schema": {"enum": ["json", "toml", "yaml", "text"]}},
+}
+_REPLICA_NOTE = "Needs the `replica` role (or admin): the token a following box uses."
+PATHS.update(
+    {
+        "/api/v1/config": {
+            "get": _op(
+                "List config keys in key order",
+                "viewer",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "keys": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "key": {"type": "string"},
+                                        "latest": {"type": "integer"},
+                                        "rules": {"type": "integer"},
+                                        "revision": _REVISION,
+                                        "created_at": {"type": "number"},
+                                    },
+                                },
+                            },
+                            "next": {
+                                "type": ["string", "null"],
+                                "description": "pass as `after` for the next page",
+                            },
+                            "revision": _REVISION,
+                        },
+                    }
+                ),
+                params=[
+                    _query("prefix", "Only keys starting with this", {"type": "string"}),
+                    _query("after", "Keys after this one (paging)", {"type": "string"}),
+                    _query(
+                        "limit",
+                        "At most this many (default 100)",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                    ),
+                ],
+            )
+        },
+        _KEY: {
+            "get": {
+                **_op(
+                    "The content this box gets (its effective version), raw, typed by format. "
+                    "If-None-Match with the ETag: 304; with ?wait=S as well, held until it "
+                    "changes (200) or S seconds pass (304)",
+                    "viewer",
+                    {
+                        "description": "The content",
+                        "headers": _CONFIG_HEADERS,
+                        "content": {
+                            "application/json": _CONTENT,
+                            "application/toml": _CONTENT,
+                            "application/yaml": _CONTENT,
+                            "text/plain": _CONTENT,
+                        },
+                    },
+                ),
+                "parameters": [
+                    *_KEY_PARAMS,
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "description": "Long poll, with If-None-Match: hold until the content "
+                        "differs, at most this many seconds, not past the start of a stop",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 60},
+                    },
+                ],
+            }
+        },
+        _KEY + "/explain": {
+            "get": {
+                **_op(
+                    "Which release rule gives this box its version, and why the others do not",
+                    "viewer",
+                    _json({"type": "object"}),
+                ),
+                "parameters": _KEY_PARAMS,
+            }
+        },
+        _KEY + "/versions": {
+            "get": {
+                **_op(
+                    "The key's versions (without content)",
+                    "viewer",
+                    _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "key": {"type": "string"},
+                                "latest": {"type": "integer"},
+                                "versions": {"type": "array", "items": _ref("ConfigVersion")},
+                            },
+                        }
+                    ),
+                ),
+                "parameters": _KEY_PARAMS,
+            },
+            "post": {
+                **_op(
+                    "Add a version (on a hub; a replica answers 409 read_only_replica)",
+                    "operator",
+                    _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "key": {"type": "string"},
+                                "version": _ref("ConfigVersion"),
+                                "revision": _REVISION,
+                            },
+                        },
+                        "Created",
+                    ),
+                    body=_ref("NewConfigVersion"),
+                    ok_status="201",
+                ),
+                "parameters": _KEY_PARAMS,
+            },
+        },
+        _KEY + "/versions/{number}": {
+            "get": {
+                **_op("One version, with its content", "viewer", _json(_ref("ConfigVersion"))),
+                "parameters": [
+                    *_KEY_PARAMS,
+                    {
+                        "name": "number",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                ],
+            }
+        },
+        _KEY + "/releases": {
+            "get": {
+                **_op(
+                    "The key's release rules, highest priority first",
+                    "viewer",
+                    _json(_ref("ReleaseRules")),
+                ),
+                "parameters": _KEY_PARAMS,
+            },
+            "put": {
+                **_op(
+                    "Replace the key's release rules (on a hub)",
+                    "operator",
+                    _json(_ref("ReleaseRules")),
+                    body={
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["rules"],
+                        "properties": {
+                            "rules": {
+                                "type": "array",
+                                "maxItems": 64,
+                                "items": _ref("ReleaseRule"),
+                            }
+                        },
+                    },
+                ),
+                "parameters": _KEY_PARAMS,
+            },
+        },
+        "/api/v1/config/watch": {
+            "get": _op(
+                "Server-Sent Events, one `change` event per change (`id` = its revision, "
+                "`data` = {revision, key, op, at, version, sha256 | rules}); a `: keep-alive` "
+                "comment after 15 s of silence; a `reset` event, then the end, when the "
+                "watcher fell behind what the log holds. Resume with Last-Event-ID (or "
+                "?after=REV); a resume point the log no longer holds is a 410 "
+                "revision_compacted",
+                "viewer",
+                {
+                    "description": "An event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                params=[
+                    _query("prefix", "Only changes of keys starting with this", {"type": "string"}),
+                    _query(
+                        "after",
+                        "Changes after this revision (default: from now on)",
+                        {"type": "integer", "minimum": 0},
+                    ),
+                ],
+            )
+        },
+        "/api/v1/config/log": {
+            "get": {
+                **_op(
+                    "The replication feed: entries after a revision (410 revision_compacted "
+                    "when the log no longer holds it: fetch the snapshot)",
+                    "replica",
+                    _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "revision": _REVISION,
+                                "compacted_through": _REVISION,
+                                "entries": {"type": "array", "items": {"type": "object"}},
+                            },
+                        }
+                    ),
+                    params=[
+                        _query("after", "Entries after this revision", _REVISION),
+                        _query(
+                            "limit",
+                            "At most this many (default 500)",
+                            {"type": "integer", "minimum": 1, "maximum": 1000},
+                        ),
+                        _query(
+                            "wait",
+                            "Long poll: hold up to this many seconds when there are none",
+                            {"type": "number", "minimum": 0, "maximum": 60},
+                        ),
+                    ],
+                ),
+                "description": _REPLICA_NOTE,
+            }
+        },
+        "/api/v1/config/snapshot": {
+            "get": {
+                **_op(
+                    "Every key with its versions and rules, at one revision",
+                    "replica",
+                    _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "revision": _REVISION,
+                                "keys": {"type": "array", "items": {"type": "object"}},
+                            },
+                        }
+                    ),
+                ),
+                "description": _REPLICA_NOTE,
+            }
+        },
+        "/api/v1/config/status": {
+            "get": _op(
+                "Mode (hub or replica), revision, and a replica's upstream, lag and last sync",
+                "viewer",
+                _json({"type": "object"}),
+            )
+        },
+    }
+)
+
 # `/metrics` at the root is the same handler as `/api/v1/metrics`, for Prometheus defaults.
 PATHS["/metrics"] = PATHS["/api/v1/metrics"]
 

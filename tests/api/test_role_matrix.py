@@ -4,6 +4,9 @@ The endpoint list is the OpenAPI document's `paths`: `test_openapi_lists_exactly
 endpoints` fails when an endpoint is added to (or removed from) the document without a row
 here, and `test_every_route_is_documented_and_declares_its_role` fails when a route is
 served but not documented, so a new endpoint cannot slip past the matrix.
+
+The `replica` role stands beside the viewer < operator < admin ladder: it may read the
+config feed and snapshot (and so may admin) and is refused everything else with 403.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import pytest
 from appliance.auth.sessions import COOKIE_NAME
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-CALLERS = ("none", "bogus", "viewer", "operator", "admin")
+CALLERS = ("none", "bogus", "viewer", "operator", "admin", "replica")
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
+ROLES = (*RANK, "replica")
 
 
 @dataclass
@@ -91,8 +95,18 @@ class World:
             headers={"Cookie": f"{COOKIE_NAME}={cookie}"},
             timeout=10,
         )
-        assert response.status_code in (200, 401), response.text
-        return response.status_code == 200
+        # A replica's cookie authenticates, but /auth/me is not for it (403).
+        assert response.status_code in (200, 401, 403), response.text
+        return response.status_code != 401
+
+    def config_key(self, content: str = '{"rate": 1}') -> str:
+        """A fresh config key with one JSON version (and no rules: it serves version 1)."""
+        key = f"matrix/app/test/k-{secrets.token_hex(6)}"
+        response = self.admin.post(
+            f"/api/v1/config/{key}/versions", json={"format": "json", "content": content}
+        )
+        assert response.status_code == 201, response.text
+        return key
 
 
 def bearer(secret: str | None) -> dict[str, str]:
@@ -176,7 +190,7 @@ def build_create_session(world: World, secret: str | None) -> dict[str, Any]:
 
 def check_session_created(world: World, response: httpx.Response, prepared: dict) -> None:
     body = response.json()
-    assert body["role"] in RANK and body["csrf_token"]
+    assert body["role"] in ROLES and body["csrf_token"]
     assert world.cookie_works(response.cookies[COOKIE_NAME])
 
 
@@ -297,6 +311,69 @@ def check_not_cancelled(world: World, prepared: dict) -> None:
     assert task["state"] == "succeeded"
 
 
+CONFIG_KEY = "/api/v1/config/{tenant}/{app}/{env}/{name}"
+
+
+def on_key(suffix: str = "") -> Callable[[World, str | None], dict[str, Any]]:
+    def build(world: World, secret: str | None) -> dict[str, Any]:
+        key = world.config_key()
+        return {"headers": bearer(secret), "path": f"/api/v1/config/{key}{suffix}", "key": key}
+
+    return build
+
+
+def check_effective(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.headers["content-type"] == "application/json"
+    assert response.text == '{"rate": 1}'
+    assert response.headers["etag"].startswith('"') and response.headers["x-config-version"] == "1"
+
+
+def check_version(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["number"] == 1 and response.json()["content"] == '{"rate": 1}'
+
+
+def build_add_version(world: World, secret: str | None) -> dict[str, Any]:
+    key = f"matrix/app/test/new-{secrets.token_hex(6)}"
+    return {
+        "headers": bearer(secret),
+        "path": f"/api/v1/config/{key}/versions",
+        "json": {"format": "toml", "content": "rate = 2\n", "comment": "matrix"},
+        "key": key,
+    }
+
+
+def check_version_added(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["version"]["number"] == 1
+    stored = world.admin.get(f"/api/v1/config/{prepared['key']}")
+    assert stored.status_code == 200 and stored.text == "rate = 2\n"
+
+
+def check_version_not_added(world: World, prepared: dict) -> None:
+    assert world.admin.get(f"/api/v1/config/{prepared['key']}").status_code == 404
+
+
+def build_put_releases(world: World, secret: str | None) -> dict[str, Any]:
+    prepared = on_key("/releases")(world, secret)
+    prepared["json"] = {"rules": [{"labels": {"matrix": "yes"}, "version": 1, "priority": 7}]}
+    return prepared
+
+
+def check_releases_put(world: World, response: httpx.Response, prepared: dict) -> None:
+    rules = [{"labels": {"matrix": "yes"}, "version": 1, "priority": 7}]
+    assert response.json()["rules"] == rules
+    assert world.admin.get(prepared["path"]).json()["rules"] == rules
+
+
+def check_releases_not_put(world: World, prepared: dict) -> None:
+    assert world.admin.get(prepared["path"]).json()["rules"] == []
+
+
+def check_watch(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.headers["cache-control"] == "no-store"  # (every response's)
+    assert response.headers["x-accel-buffering"] == "no"
+
+
 CASES: dict[tuple[str, str], Case] = {
     (case.method, case.path): case
     for case in [
@@ -362,6 +439,43 @@ CASES: dict[tuple[str, str], Case] = {
             check_not_cancelled,
         ),
         Case("GET", "/api/v1/scheduler", "viewer", 200, plain, ok_json("queue_depth")),
+        Case("GET", "/api/v1/config", "viewer", 200, plain, ok_json("keys")),
+        Case("GET", CONFIG_KEY, "viewer", 200, on_key(), check_effective),
+        Case("GET", CONFIG_KEY + "/explain", "viewer", 200, on_key("/explain"), ok_json("rules")),
+        Case(
+            "GET", CONFIG_KEY + "/versions", "viewer", 200, on_key("/versions"), ok_json("versions")
+        ),
+        Case(
+            "POST",
+            CONFIG_KEY + "/versions",
+            "operator",
+            201,
+            build_add_version,
+            check_version_added,
+            check_version_not_added,
+        ),
+        Case(
+            "GET",
+            CONFIG_KEY + "/versions/{number}",
+            "viewer",
+            200,
+            on_key("/versions/1"),
+            check_version,
+        ),
+        Case("GET", CONFIG_KEY + "/releases", "viewer", 200, on_key("/releases"), ok_json("rules")),
+        Case(
+            "PUT",
+            CONFIG_KEY + "/releases",
+            "operator",
+            200,
+            build_put_releases,
+            check_releases_put,
+            check_releases_not_put,
+        ),
+        Case("GET", "/api/v1/config/watch", "viewer", 200, plain, check_watch),
+        Case("GET", "/api/v1/config/log", "replica", 200, plain, ok_json("entries")),
+        Case("GET", "/api/v1/config/snapshot", "replica", 200, plain, ok_json("keys")),
+        Case("GET", "/api/v1/config/status", "viewer", 200, plain, ok_json("mode")),
     ]
 }
 
@@ -370,7 +484,7 @@ CASES: dict[tuple[str, str], Case] = {
 def world(shared_appliance):
     tokens = {}
     with shared_appliance.client(shared_appliance.token) as http:
-        for role in RANK:
+        for role in ROLES:
             response = http.post(
                 "/api/v1/auth/tokens", json={"name": f"matrix-{role}", "role": role}
             )
@@ -473,9 +587,11 @@ def expected_status(case: Case, caller: str) -> tuple[int, str | None]:
         return case.ok_status, None
     if caller in ("none", "bogus"):
         return 401, "unauthenticated"
-    if RANK[caller] < RANK[case.role]:
-        return 403, "forbidden"
-    return case.ok_status, None
+    if case.role == "replica":
+        allowed = caller in ("replica", "admin")
+    else:
+        allowed = caller in RANK and RANK[caller] >= RANK[case.role]
+    return (case.ok_status, None) if allowed else (403, "forbidden")
 
 
 @pytest.mark.parametrize("caller", CALLERS)
@@ -486,8 +602,13 @@ def test_role_matrix(world, assert_problem, key, caller):
     prepared = case.build(world, secret)
     path = prepared.get("path", case.path)
     kwargs = {k: v for k, v in prepared.items() if k in ("headers", "json")}
-    with httpx.Client(base_url=world.appliance.url, timeout=10) as http:
-        response = http.request(case.method, path, **kwargs)
+    with (
+        httpx.Client(base_url=world.appliance.url, timeout=10) as http,
+        http.stream(case.method, path, **kwargs) as response,
+    ):
+        # An event stream (the config watch) never ends: its headers are what is checked.
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.read()
 
     status, code = expected_status(case, caller)
     if code is None:
