@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import httpx
+import trio
+
 from appliance import __version__
 from appliance.config import Box, ConfigRepository
+from appliance.config.replica import Upstream, follow_appliance
 from appliance.config.resolve import automatic_labels
 from appliance.config.service import ConfigService
 from appliance.runtime.health import ComponentHealth
-from appliance.settings import Settings
+from appliance.settings import Settings, SettingsError
+from appliance.settings.model import ConfigSettings
 from appliance.store import Store
 from appliance.store.migrations import STORE_ID_KEY
 
@@ -29,10 +34,48 @@ def build_config(settings: Settings, store: Store) -> ConfigService:
     return ConfigService(repository, box_of(settings, store), mode=config.mode)
 
 
-async def start_config(config: ConfigService, settings: Settings, rt, nursery) -> None:
+async def start_config(
+    config: ConfigService, settings: Settings, rt, nursery: trio.Nursery
+) -> None:
     """Start what keeps the config current: nothing on a hub; on a replica, its follower
-    (of another appliance, or of etcd), reporting into `config.follower` and `/health`."""
+    (of another appliance, or of etcd), reporting into `config.follower` and `/health`.
+
+    A follower is `async def follow(config, settings.config, *, task_status)`, started in
+    the root nursery; it is ready at once (the store serves reads meanwhile) and runs
+    until the nursery is cancelled."""
     rt.health.probe("config", lambda: config_health(config))
+    if config.mode != "replica":
+        return
+    kind = settings.config.upstream_kind
+    if kind == "etcd":
+        from appliance.config.etcd import follow_etcd  # its own helper owns that module
+
+        await nursery.start(follow_etcd, config, settings.config)
+    else:
+        await nursery.start(follow_appliance, config, upstream_of(settings.config))
+
+
+def upstream_of(config: ConfigSettings) -> Upstream:
+    """The appliance a replica follows, from `[config]`; a SettingsError when it lacks one."""
+    url = config.upstream.strip()
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise SettingsError(
+            "config.upstream", f"a replica needs its upstream's http(s) URL, not {url!r}"
+        )
+    if not config.upstream_token:
+        raise SettingsError(
+            "config.upstream_token", "a replica needs a token of its upstream's replica role"
+        )
+    return Upstream(
+        url=url.rstrip("/"),
+        token=config.upstream_token,
+        poll_wait_s=config.poll_wait_s,
+        max_content_bytes=config.max_content_bytes,
+    )
 
 
 def config_health(config: ConfigService) -> ComponentHealth:
@@ -47,5 +90,7 @@ def config_health(config: ConfigService) -> ComponentHealth:
             "degraded", f"replica at revision {revision}: {follower.error['message']}"
         )
     if not follower.connected:
-        return ComponentHealth("degraded", f"replica at revision {revision}: upstream offline")
+        return ComponentHealth(
+            "degraded", f"replica at revision {revision}: connecting to {follower.upstream}"
+        )
     return ComponentHealth("ok", f"replica at revision {revision} of {follower.upstream_revision}")
