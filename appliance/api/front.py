@@ -1,23 +1,29 @@
-"""The ASGI layer in front of the quart app: `/api/v1/health` answered without the framework.
+"""The ASGI layer in front of the quart app: health and plain config reads without the framework.
 
 Health is what monitors, load balancers and systemd-side probes poll, often and without
 credentials, so it skips Quart's request context, the guard and the rate limiter (a probe
 must never be told 429) and is answered straight from the ASGI scope, with the same
-security headers as every other response. Everything else goes to the quart app.
+security headers as every other response. The effective content of a config key is what
+every box polls: its plain form is answered here too, with the guard's checks and rate
+limit (see appliance/api/config_read.py). Everything else goes to the quart app.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import trio
 
+from appliance.api import config_read
+from appliance.api.config_read import Answer, plain_read
 from appliance.api.context import ApiContext
-from appliance.api.problems import CONTENT_TYPE, Problem
+from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
 from appliance.api.security import ENCODED_SECURITY_HEADERS, HSTS
 
+log = logging.getLogger(__name__)
 HEALTH_PATH = "/api/v1/health"
 HEALTH_METHODS = ("GET", "HEAD")
 # Health is computed at most this often however hard it is polled, so a flood of probes
@@ -36,7 +42,8 @@ class Front:
         self.app = app
         self.ctx = ctx
         self._cached: tuple[float, str, int, bytes] = (-1.0, "", 0, b"")
-        self._counters: dict[tuple[str, int], Any] = {}
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._config_latency = ctx.metrics.latency.labels(config_read.ROUTE)
 
     def _health_body(self) -> tuple[int, bytes]:
         now = time.monotonic()
@@ -46,25 +53,45 @@ class Front:
             self._cached = (now, self.ctx.health.phase, status, body)
         return status, body
 
-    def _count(self, method: str, status: int) -> None:
-        key = (method if method in HEALTH_METHODS else "other", status)
+    def _count(self, method: str, route: str, status: int) -> None:
+        key = (method, route, status // 100)
         counter = self._counters.get(key)
         if counter is None:
-            counter = self.ctx.metrics.requests.labels(key[0], HEALTH_PATH, f"{status // 100}xx")
+            counter = self.ctx.metrics.requests.labels(method, route, f"{status // 100}xx")
             self._counters[key] = counter
         counter.inc()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == HEALTH_PATH:
-            await self._health(scope, send)
-        else:
-            await self.app(scope, receive, _shielded(send))
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == HEALTH_PATH:
+                return await self._health(scope, send)
+            if path.startswith(config_read.PREFIX):
+                started = time.perf_counter()
+                answer = self._plain_read(scope)
+                if answer is not None:
+                    self._config_latency.observe(time.perf_counter() - started)
+                    await _send(scope, send, answer)
+                    self._count(scope["method"], config_read.ROUTE, answer.status)
+                    return None
+        await self.app(scope, receive, _shielded(send))
+
+    def _plain_read(self, scope: dict) -> Answer | None:
+        """`plain_read`, with its errors made problems as the app's error handler does."""
+        try:
+            return plain_read(self.ctx, scope)
+        except Exception as exc:
+            problem = problem_for_exception(exc)
+            if problem.status >= 500 and not isinstance(exc, Problem):
+                log.error("unhandled error in %s %s", scope["method"], scope["path"], exc_info=exc)
+            headers = {"Content-Type": CONTENT_TYPE, **problem.headers}
+            return Answer(problem.status, headers, problem.render(scope["path"]))
 
     async def _health(self, scope: dict, send: Any) -> None:
         method = scope["method"]
         if method in HEALTH_METHODS:
             status, body = self._health_body()
-            headers = [(b"content-type", b"application/json")]
+            answer = Answer(status, {"Content-Type": "application/json"}, body)
         else:
             problem = Problem(
                 405,
@@ -72,14 +99,24 @@ class Front:
                 f"{HEALTH_PATH} allows GET and HEAD",
                 title="Method Not Allowed",
             )
-            status, body = 405, problem.render(HEALTH_PATH)
-            headers = [(b"content-type", CONTENT_TYPE.encode()), (b"allow", b"GET, HEAD")]
-        headers += [(b"content-length", str(len(body)).encode()), *ENCODED_SECURITY_HEADERS]
-        if scope.get("scheme") == "https":
-            headers.append(_HSTS)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
-        self._count(method, status)
+            headers = {"Content-Type": CONTENT_TYPE, "Allow": "GET, HEAD"}
+            answer = Answer(405, headers, problem.render(HEALTH_PATH))
+        await _send(scope, send, answer)
+        self._count(method if method in HEALTH_METHODS else "other", HEALTH_PATH, answer.status)
+
+
+async def _send(scope: dict, send: Any, answer: Answer) -> None:
+    """`answer` with its length (none on a 304), the security headers and, over TLS, HSTS;
+    to `HEAD` without the body."""
+    headers = [(name.lower().encode(), value.encode()) for name, value in answer.headers.items()]
+    if answer.status != 304:
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+    headers += ENCODED_SECURITY_HEADERS
+    if scope.get("scheme") == "https":
+        headers.append(_HSTS)
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    body = answer.body if scope["method"] != "HEAD" else b""
+    await send({"type": "http.response.body", "body": body})
 
 
 def _shielded(send: Any) -> Any:
@@ -92,6 +129,9 @@ def _shielded(send: Any) -> Any:
     shields its socket writes, so shielding the whole send adds no new way to hang."""
 
     async def send_shielded(message: dict) -> None:
+        if message.get("more_body"):  # a stream's chunk: the response is not over yet
+            await send(message)
+            return
         with trio.CancelScope(shield=True):
             await send(message)
 

@@ -44,6 +44,7 @@ class ChangeNotifier:
         self._changed = trio.Event()
         self._recent: deque[Change] = deque(maxlen=RECENT)
         self._listeners: list[Callable[[list[Change]], None]] = []
+        self.closed = False
 
     def published(self, entries: list[dict[str, Any]], revision: int | None = None) -> None:
         """Record committed entries (in revision order) and wake every watcher."""
@@ -67,10 +68,16 @@ class ChangeNotifier:
         self._listeners.append(listener)
 
     async def wait_beyond(self, revision: int) -> int:
-        """Return the current revision once it is greater than `revision`."""
-        while self.revision <= revision:
+        """Return the current revision once it is greater than `revision`, or at once
+        after `close` (the appliance is stopping: every watcher should wind up)."""
+        while self.revision <= revision and not self.closed:
             await self._changed.wait()
         return self.revision
+
+    def close(self) -> None:
+        """Wake every waiter for good: from now on `wait_beyond` does not wait."""
+        self.closed = True
+        self._changed.set()
 
     def recent_after(self, revision: int) -> list[Change] | None:
         """Changes after `revision` from memory, or None when memory does not reach back."""

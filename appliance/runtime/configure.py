@@ -44,6 +44,7 @@ async def start_config(
     the root nursery; it is ready at once (the store serves reads meanwhile) and runs
     until the nursery is cancelled."""
     rt.health.probe("config", lambda: config_health(config))
+    nursery.start_soon(_close_at_stop, config, rt.stop_requested)
     if config.mode != "replica":
         return
     kind = settings.config.upstream_kind
@@ -53,6 +54,12 @@ async def start_config(
         await nursery.start(follow_etcd, config, settings.config)
     else:
         await nursery.start(follow_appliance, config, upstream_of(settings.config))
+
+
+async def _close_at_stop(config: ConfigService, stopping: trio.Event) -> None:
+    """When the stop begins, wake every config watcher for good so SSE streams end."""
+    await stopping.wait()
+    config.notifier.close()
 
 
 def upstream_of(config: ConfigSettings) -> Upstream:

@@ -52,6 +52,7 @@ async def test_keepalive_then_changes_under_the_prefix_then_stop(config, autojum
     async def stop_later() -> None:
         await trio.sleep(5)
         stopping.set()
+        config.notifier.close()  # as the runtime does when the stop begins
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_later)
