@@ -4,6 +4,8 @@ The tree (see docs/architecture.md):
 
     root nursery
     ├── store writer            (group commit; started first, stopped last)
+    ├── config follower         (replica only: follows its hub's feed, or etcd)
+    ├── settings overlay        (only with config.settings_key: live settings from a key)
     ├── task scheduler          (recovery, then one worker per CPU slot, result cleanup)
     ├── watchdog                (WATCHDOG=1 while the loop and the store are healthy)
     ├── signal handler          (SIGTERM/SIGINT: stop; SIGHUP: reload)
@@ -301,6 +303,8 @@ async def _follow_settings_overlay(
                 rt.overlay = overlay
                 where = f"settings overlay {key} " + (f"v{version.number}" if version else "gone")
                 _apply_settings(rt, with_overlay(rt.local or rt.settings, overlay), where)
+        if config.notifier.closed:
+            return  # the stop has begun: nothing more to follow
         revision = await config.notifier.wait_beyond(revision)
 
 

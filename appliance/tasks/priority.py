@@ -41,7 +41,12 @@ def lowered_priority(increment: int) -> Iterator[None]:
         return
     thread = threading.get_native_id()
     before = os.getpriority(os.PRIO_PROCESS, thread)
-    os.setpriority(os.PRIO_PROCESS, thread, min(before + increment, 19))
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(before + increment, 19))
+    except OSError as exc:  # e.g. a seccomp filter that denies setpriority: run as we are
+        _warn_once(f"kernel threads run at the loop's priority: setpriority failed: {exc}")
+        yield
+        return
     try:
         yield
     finally:
@@ -49,3 +54,12 @@ def lowered_priority(increment: int) -> Iterator[None]:
             os.setpriority(os.PRIO_PROCESS, thread, before)
         except OSError as exc:  # checked at start-up, so only if the limit changed since
             log.warning("cannot restore a kernel thread's priority: %s", exc)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
