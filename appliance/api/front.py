@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from appliance.api import config_read
-from appliance.api.config_read import Answer, plain_read
+from appliance.api.config_read import Answer, PlainReads
 from appliance.api.context import ApiContext
 from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
 from appliance.api.security import ENCODED_SECURITY_HEADERS, HSTS
@@ -43,7 +43,8 @@ class Front:
         self.ctx = ctx
         self._cached: tuple[float, str, int, bytes] = (-1.0, "", 0, b"")
         self._counters: dict[tuple[str, str, int], Any] = {}
-        self._config_latency = ctx.metrics.latency.labels(config_read.ROUTE)
+        self._latencies: dict[str, Any] = {}
+        self._plain_reads = PlainReads(ctx)
 
     def _health_body(self) -> tuple[int, bytes]:
         now = time.monotonic()
@@ -61,6 +62,12 @@ class Front:
             self._counters[key] = counter
         counter.inc()
 
+    def _time(self, route: str, seconds: float) -> None:
+        histogram = self._latencies.get(route)
+        if histogram is None:
+            histogram = self._latencies[route] = self.ctx.metrics.latency.labels(route)
+        histogram.observe(seconds)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope["path"]
@@ -68,18 +75,18 @@ class Front:
                 return await self._health(scope, send)
             if path.startswith(config_read.PREFIX):
                 started = time.perf_counter()
-                answer = self._plain_read(scope)
+                answer = self._answer_plain_read(scope)
                 if answer is not None:
-                    self._config_latency.observe(time.perf_counter() - started)
+                    self._time(config_read.ROUTE, time.perf_counter() - started)
                     await _send(scope, send, answer)
                     self._count(scope["method"], config_read.ROUTE, answer.status)
                     return None
         await self.app(scope, receive, _shielded(send))
 
-    def _plain_read(self, scope: dict) -> Answer | None:
-        """`plain_read`, with its errors made problems as the app's error handler does."""
+    def _answer_plain_read(self, scope: dict) -> Answer | None:
+        """`PlainReads`, with its errors made problems as the app's error handler does."""
         try:
-            return plain_read(self.ctx, scope)
+            return self._plain_reads(scope)
         except Exception as exc:
             problem = problem_for_exception(exc)
             if problem.status >= 500 and not isinstance(exc, Problem):

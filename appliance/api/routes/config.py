@@ -14,26 +14,20 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, g, jsonify, request
 
-from appliance.api import sse
+from appliance.api import config_read, sse
 from appliance.api.bodies import Field, parse_json, validate
+from appliance.api.config_read import etag, matches
 from appliance.api.guard import context, requires
 from appliance.api.longpoll import hold, wait_seconds
 from appliance.api.problems import Problem
 from appliance.config.keys import ConfigKey, parse_key, parse_prefix
-from appliance.config.model import Version
 from appliance.config.service import ConfigService
 from appliance.settings import Settings
 
 blueprint = Blueprint("config", __name__)
 MAX_LOG_LIMIT = 1000
 MAX_KEYS_LIMIT = 1000
-KEY = "/api/v1/config/<tenant>/<app>/<env>/<name>"
-MEDIA_TYPES = {
-    "json": "application/json",
-    "toml": "application/toml",
-    "yaml": "application/yaml",
-    "text": "text/plain; charset=utf-8",
-}
+KEY = config_read.ROUTE
 NEW_VERSION = {
     "format": Field(str, max_length=16),
     "content": Field(str),
@@ -43,10 +37,7 @@ NEW_RULES = {"rules": Field(list)}
 
 
 def service() -> ConfigService:
-    found = context().config
-    if found is None:
-        raise Problem(503, "config_unavailable", "the config service is not running")
-    return found
+    return config_read.service(context())
 
 
 def version_body_limit(settings: Settings) -> int:
@@ -113,42 +104,19 @@ async def list_keys() -> Response:
 # The effective content.
 
 
-def _etag(version: Version) -> str:
-    return f'"{version.sha256}"'
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == etag:
-            return True
-    return False
-
-
-def _config_headers(config: ConfigService, version: Version, etag: str) -> dict[str, str]:
-    return {
-        "ETag": etag,
-        "X-Config-Version": str(version.number),
-        "X-Config-Revision": str(config.notifier.revision),
-        "X-Config-Format": version.format,
-    }
-
-
 @blueprint.get(KEY)
 @requires("viewer")
 async def effective(tenant: str, app: str, env: str, name: str) -> Response:
     """The content this box gets. With `If-None-Match` naming it, 304; with `?wait=S` as
-    well, held until it changes (200 with the new content) or S seconds pass (304)."""
+    well, held until it changes (200 with the new content) or S seconds pass (304).
+    `Front` answers the plain read of a token itself (appliance/api/config_read.py)."""
     config = service()
     key = _key(tenant, app, env, name)
     seconds = wait_seconds(request.args)
     if_none_match = request.headers.get("If-None-Match")
     seen = config.notifier.revision
     version, _ = config.effective(key)
-    etag = _etag(version)
-    if _matches(if_none_match, etag) and seconds > 0:
+    if matches(if_none_match, etag(version)) and seconds > 0:
         stopping = context().stopping
         deadline = trio.current_time() + seconds
         while not stopping.is_set() and (left := deadline - trio.current_time()) > 0:
@@ -158,15 +126,14 @@ async def effective(tenant: str, app: str, env: str, name: str) -> Response:
                 break  # the wait ran out, or the appliance is stopping
             seen = config.notifier.revision
             version, _ = config.effective(key)
-            etag = _etag(version)
-            if not _matches(if_none_match, etag):
+            if not matches(if_none_match, etag(version)):
                 break
-    headers = _config_headers(config, version, etag)
-    if _matches(if_none_match, etag):
-        return Response(b"", status=304, headers=headers)
-    return Response(
-        version.content.encode(), content_type=MEDIA_TYPES[version.format], headers=headers
-    )
+    answer = config_read.answer(config, version, if_none_match)
+    response = Response(answer.body, status=answer.status, headers=answer.headers)
+    if answer.status == 304:  # quart would add text/html and a length of 0
+        del response.headers["Content-Type"]
+        del response.content_length
+    return response
 
 
 @blueprint.get(KEY + "/explain")
