@@ -65,13 +65,16 @@ def _rss_mib(pid: int) -> float:
 
 
 def _raise_nofile() -> None:
-    """Enough descriptors for MANY sockets on each side (children inherit the limit)."""
+    """Enough descriptors for MANY sockets in each process (the appliance inherits it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4 * MANY + 1024
+    want = MANY + 2048
     if hard != resource.RLIM_INFINITY and hard < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root may raise it
-    else:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # needs CAP_SYS_RESOURCE
+        except (ValueError, OSError):
+            raise RuntimeError(f"RLIMIT_NOFILE hard limit {hard} < {want} needed") from None
+    elif soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def _token(data_dir: Path) -> str:
