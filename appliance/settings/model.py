@@ -178,6 +178,12 @@ class HttpSettings:
 class BusSettings:
     tcp: Address = setting(Address("127.0.0.1", 7420), parse_address, "Bus TCP listen address.")
     unix: Path | None = setting(None, parse_path, "Bus Unix socket; DATA_DIR/run/bus.sock.")
+    max_frame: int = setting(
+        1 << 20, parse_int(1024, 64 << 20), "Largest bus frame accepted, in bytes."
+    )
+    max_bad_crc: int = setting(
+        3, parse_int(1, 1000), "Bad checksums in a row before a bus connection is cut off."
+    )
 
 
 @dataclass(frozen=True)
