@@ -63,6 +63,7 @@ REASONS: tuple[Reason, ...] = (
     Reason(41, "bad_ack", "An acknowledgement for stream offsets that were never sent."),
     Reason(42, "window_exceeded", "Stream data beyond the window the receiver granted."),
     Reason(43, "limit_exceeded", "Too many subscriptions, streams or pending requests."),
+    Reason(44, "bad_offset", "Stream data that contradicts the stream's offsets or its end."),
     # 50-59: relaying between endpoints
     Reason(50, "hop_limit", "A relayed message exceeded the hop limit (a link loop)."),
     Reason(51, "link_refused", "A link to another endpoint was refused (loop, same endpoint)."),
