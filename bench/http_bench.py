@@ -158,6 +158,8 @@ class Server:
                 str(self.data_dir),
                 "--http",
                 "127.0.0.1:0",
+                "--bus-tcp",
+                "127.0.0.1:0",
             ]
             env = child_environment({**APPLIANCE_ENV, **(env or {})})
         else:

@@ -74,6 +74,8 @@ def start_until_ready(
             str(data_dir),
             "--http",
             "127.0.0.1:0",
+            "--bus-tcp",
+            "127.0.0.1:0",
         ]
         with log_path.open("wb") as out:
             began = time.perf_counter()

@@ -136,6 +136,8 @@ class ApplianceProcess:
             str(data_dir),
             "--http",
             "127.0.0.1:0",
+            "--bus-tcp",
+            "127.0.0.1:0",  # several appliances run at once: no fixed ports
         ]
         if config is not None:
             args += ["--config", str(config)]

@@ -6,6 +6,7 @@ The tree (see docs/architecture.md):
     ├── store writer            (group commit; started first, stopped last)
     ├── config follower         (replica only: follows its hub's feed, or etcd)
     ├── settings overlay        (only with config.settings_key: live settings from a key)
+    ├── bus endpoint            (Unix socket and TCP; closes its connections on stop)
     ├── task scheduler          (recovery, then one worker per CPU slot, result cleanup)
     ├── watchdog                (WATCHDOG=1 while the loop and the store are healthy)
     ├── signal handler          (SIGTERM/SIGINT: stop; SIGHUP: reload)
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+import socket
 import ssl
 from dataclasses import dataclass, field, replace
 
@@ -30,6 +33,9 @@ import trio
 from appliance import __version__
 from appliance.api import ApiContext, Metrics, create_app, serve_http
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
+from appliance.bus import NodeRecord, token_authenticator
+from appliance.bus.endpoint import BusEndpoint
+from appliance.bus.messages import Host
 from appliance.config import ConfigError, ConfigKey, parse_key
 from appliance.config.service import ConfigService
 from appliance.runtime.compute import build_scheduler, load_kernel_library, warm_kernels
@@ -145,6 +151,25 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
         overlay_key = parse_key(settings.config.settings_key)
         await nursery.start(_follow_settings_overlay, rt, config, overlay_key)
 
+    rt.notifier.notify(STATUS="starting the bus")
+    bus = BusEndpoint(
+        authenticate=token_authenticator(tokens),
+        node=_bus_node(settings),
+        unix_path=settings.bus_unix_path,
+        tcp=(settings.bus.tcp.host, settings.bus.tcp.port),
+        max_frame=settings.bus.max_frame,
+        max_bad_crc=settings.bus.max_bad_crc,
+    )
+    try:
+        bus_addresses = await nursery.start(bus.serve)
+    except BaseExceptionGroup as group:  # the Unix socket could not be bound
+        cause = _sole_cause(group)
+        if not isinstance(cause, OSError):
+            raise
+        reason = cause.strerror or str(cause)
+        raise StartupError(f"cannot listen for the bus on {bus.unix_path}: {reason}") from None
+    rt.health.probe("bus", lambda: ComponentHealth(*bus.health()))
+
     rt.notifier.notify(STATUS="loading kernels")
     kernels = load_kernel_library(settings)
     kernels_ready = trio.Event()
@@ -187,6 +212,10 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     rt.health.set("http", "ok", ", ".join(binds))
 
     endpoints = {"http": http_url(binds[0])}
+    if bus_addresses.unix is not None:
+        endpoints["bus_unix"] = bus_addresses.unix
+    if bus_addresses.tcp is not None:
+        endpoints["bus_tcp"] = bus_addresses.tcp
     write_endpoints(settings.data_dir / "run" / "endpoints.json", endpoints)
     await _first_of(kernels_ready, rt.stop_requested)  # READY=1 once every kernel is loaded
     if not rt.stop_requested.is_set():
@@ -196,7 +225,9 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
 
     await rt.stop_requested.wait()
     rt.health.phase = "stopping"
-    rt.notifier.notify(STOPPING=1, STATUS="stopping: draining HTTP requests")
+    rt.notifier.notify(STOPPING=1, STATUS="stopping: closing bus connections, draining HTTP")
+    with trio.move_on_after(bus.limits.close_grace + 1.0):
+        await bus.stop()  # going_away to every connection; HTTP drains meanwhile
     log.info(
         "stopping: draining in-flight HTTP requests (up to %.0f s)",
         settings.http.graceful_timeout_s,
@@ -328,6 +359,15 @@ async def _watchdog(
         else:
             log.error("store unhealthy: withholding WATCHDOG=1 so systemd restarts us")
         await trio.sleep(interval)
+
+
+def _bus_node(settings: Settings) -> NodeRecord:
+    """The endpoint's node record: the device name (or hostname) made a valid node name."""
+    hostname = socket.gethostname() or "localhost"
+    raw = settings.device.name or hostname
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", raw)[:253].strip("-_.") or "appliance"
+    host = re.sub(r"[^\x21-\x7e]", "-", hostname)[:253]
+    return NodeRecord(name=name, version=__version__, host=Host(hostname=host, pid=os.getpid()))
 
 
 def _store_health(store: Store) -> ComponentHealth:

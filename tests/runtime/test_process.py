@@ -172,6 +172,8 @@ def test_read_only_data_dir_is_a_clear_error(tmp_path):
         str(data_dir),
         "--http",
         "127.0.0.1:0",
+        "--bus-tcp",
+        "127.0.0.1:0",
     ]
     if os.geteuid() == 0:
         # Root ignores file modes: make the directory a read-only mount in a private
@@ -278,6 +280,8 @@ def test_journald_log_format(tmp_path):
                 "--data-dir",
                 str(tmp_path / "d"),
                 "--http",
+                "127.0.0.1:0",
+                "--bus-tcp",
                 "127.0.0.1:0",
             ],
             stdout=log_file,
