@@ -87,28 +87,39 @@ def answer(config: ConfigService, version: Version, if_none_match: str | None) -
     return Answer(200, headers, version.content.encode())
 
 
-class PlainReads:
-    """`Front`'s fast path. Called with an ASGI scope: the answer to a plain read, `None`
-    when the quart route should answer instead, or the `Problem`, `ConfigError` or store
-    error the route would have raised."""
+def first_headers(scope: dict[str, Any]) -> dict[bytes, bytes]:
+    """The request's headers by name, the first of each (as quart's `headers.get`)."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name, value)
+    return headers
+
+
+def int_value(name: str, raw: str, low: int, high: int) -> int:
+    """`raw` as an integer `low`-`high`, or the route's `422 validation_failed`."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not low <= int(raw) <= high:
+        raise Problem(
+            422,
+            "validation_failed",
+            f"{name} must be an integer {low}-{high}",
+            errors=[{"field": name, "message": f"expected an integer {low}-{high}"}],
+        )
+    return int(raw)
+
+
+class TokenGate:
+    """The guard's checks for `Front`'s fast paths: a request without a body and with a
+    `Bearer` token that is valid and of `ROLE` or above, rate limited as the guard does.
+
+    `admit` gives the principal; `None` when the quart app should answer instead (another
+    kind of credential, a refused one, a body); raises the guard's 429 when the token's
+    bucket is empty."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self._token_ids: dict[str, str] = {}
-        self._versions: dict[str, Version] = {}
-        self._revision = -1
-        self._cached_bytes = 0
 
-    def __call__(self, scope: dict[str, Any]) -> Answer | None:
-        if scope["method"] not in ("GET", "HEAD") or scope["query_string"]:
-            return None
-        key = scope["path"][len(PREFIX) :]
-        segments = key.split("/")
-        if len(segments) != 4 or not all(segments):
-            return None  # another route, or an empty segment quart redirects
-        headers: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name, value)  # the first of each, as quart's `headers.get`
+    def admit(self, headers: dict[bytes, bytes]) -> Principal | None:
         if b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
             return None  # quart holds bodies to a limit (413)
         scheme, _, token = headers.get(b"authorization", b"").decode("latin1").partition(" ")
@@ -122,10 +133,7 @@ class PlainReads:
             self.ctx.metrics.rate_limited.inc()
             retry_after = {"Retry-After": retry_after_header(wait)}
             raise Problem(429, "rate_limited", "too many requests; slow down", headers=retry_after)
-        config = service(self.ctx)
-        version = self._version(config, key)
-        tags = headers.get(b"if-none-match")
-        return answer(config, version, tags.decode("latin1") if tags is not None else None)
+        return principal
 
     def _principal(self, token: str) -> Principal | None:
         """The token's principal as `TokenStore.authenticate` finds it, `None` when refused."""
@@ -142,6 +150,34 @@ class PlainReads:
             return tokens.principal_for(record) if record is not None else None
         except Unauthenticated:
             return None
+
+
+class PlainReads:
+    """`Front`'s fast path. Called with an ASGI scope: the answer to a plain read, `None`
+    when the quart route should answer instead, or the `Problem`, `ConfigError` or store
+    error the route would have raised."""
+
+    def __init__(self, ctx: ApiContext, gate: TokenGate) -> None:
+        self.ctx = ctx
+        self.gate = gate
+        self._versions: dict[str, Version] = {}
+        self._revision = -1
+        self._cached_bytes = 0
+
+    def __call__(self, scope: dict[str, Any]) -> Answer | None:
+        if scope["method"] not in ("GET", "HEAD") or scope["query_string"]:
+            return None
+        key = scope["path"][len(PREFIX) :]
+        segments = key.split("/")
+        if len(segments) != 4 or not all(segments):
+            return None  # another route, or an empty segment quart redirects
+        headers = first_headers(scope)
+        if self.gate.admit(headers) is None:
+            return None
+        config = service(self.ctx)
+        version = self._version(config, key)
+        tags = headers.get(b"if-none-match")
+        return answer(config, version, tags.decode("latin1") if tags is not None else None)
 
     def _version(self, config: ConfigService, key: str) -> Version:
         if config.notifier.revision != self._revision or self._cached_bytes > MAX_CACHED_BYTES:

@@ -45,6 +45,9 @@ class ChangeNotifier:
         self._recent: deque[Change] = deque(maxlen=RECENT)
         self._listeners: list[Callable[[list[Change]], None]] = []
         self.closed = False
+        # What watchers derive from the current revision and share (an SSE stream's bytes
+        # for a resume point and prefix, say): emptied whenever the revision moves.
+        self.shared: dict[Any, Any] = {}
 
     def published(self, entries: list[dict[str, Any]], revision: int | None = None) -> None:
         """Record committed entries (in revision order) and wake every watcher."""
@@ -56,6 +59,7 @@ class ChangeNotifier:
         top = revision if revision is not None else (changes[-1].revision if changes else 0)
         if top > self.revision:
             self.revision = top
+            self.shared = {}
             if revision is not None and not changes:
                 self._recent.clear()  # a snapshot replaced everything
             woken, self._changed = self._changed, trio.Event()

@@ -17,6 +17,7 @@ from quart import Blueprint, Response, g, jsonify, request
 from appliance.api import config_read, sse
 from appliance.api.bodies import Field, parse_json, validate
 from appliance.api.config_read import etag, matches
+from appliance.api.config_read import int_value as _int_value
 from appliance.api.guard import context, requires
 from appliance.api.longpoll import hold, wait_seconds
 from appliance.api.problems import Problem
@@ -51,17 +52,6 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     if raw is None:
         return default
     return _int_value(name, raw, low, high)
-
-
-def _int_value(name: str, raw: str, low: int, high: int) -> int:
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not low <= int(raw) <= high:
-        raise Problem(
-            422,
-            "validation_failed",
-            f"{name} must be an integer {low}-{high}",
-            errors=[{"field": name, "message": f"expected an integer {low}-{high}"}],
-        )
-    return int(raw)
 
 
 def _key(tenant: str, app: str, env: str, name: str) -> ConfigKey:
@@ -230,24 +220,13 @@ async def put_releases(tenant: str, app: str, env: str, name: str) -> Response:
 @requires("viewer")
 async def watch() -> Response:
     """Server-Sent Events: every change after the resume point (`Last-Event-ID`, else
-    `?after=REV`, else now) under `?prefix=`, until the client leaves or we stop."""
+    `?after=REV`, else now) under `?prefix=`, until the client leaves or we stop.
+    `Front` serves a `Bearer` token's watch itself (appliance/api/sse.py `serve_watch`)."""
     config = service()
-    prefix = parse_prefix(request.args.get("prefix", ""))
-    current = config.notifier.revision
     resume = request.headers.get("Last-Event-ID")
-    if resume is not None:
-        after = _int_value("Last-Event-ID", resume.strip(), 0, 2**63 - 1)
-    else:
-        after = _int_arg("after", current, 0, 2**63 - 1)
-    if after > current:
-        raise Problem(
-            409,
-            "revision_ahead",
-            f"this box is at revision {current}; {after} is ahead of it (another upstream, "
-            "or a restored store): watch again without a resume point",
-            revision=current,
-        )
-    config.repository.log_after(after, 1)  # 410 revision_compacted before the stream starts
+    prefix, after = sse.watch_from(
+        config, request.args.get("prefix", ""), resume, request.args.get("after")
+    )
     events = sse.change_events(config, after, prefix, context().stopping)
     return Response(events, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
 
