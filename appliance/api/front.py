@@ -236,6 +236,8 @@ def _direct_writer(send: Any) -> Any:
     sock, lock, fallback = server.stream.socket, server.send_lock, server.protocol_send
 
     async def write(chunk: bytes) -> None:
+        if not chunk:  # a zero-length chunk would end the chunked body: nothing to send
+            return
         data = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         sent = 0
         fd = sock.fileno()
