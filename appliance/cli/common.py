@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from appliance.runtime.endpoints import read_endpoints
 from appliance.settings import Settings, SettingsSources, load_settings
@@ -82,3 +85,29 @@ def local_actor() -> str:
 
 def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
+
+
+def api_client(args: argparse.Namespace, timeout: Any = 30.0) -> httpx.Client:
+    """An HTTP client for the running appliance: `--url` or DATA_DIR/run/endpoints.json;
+    the token from `--token`, `$APPLIANCE_TOKEN` or DATA_DIR/admin.token."""
+    settings = settings_from(args)
+    url = args.url or running_url(settings)
+    token = args.token or os.environ.get("APPLIANCE_TOKEN")
+    if not token:
+        try:
+            token = (settings.data_dir / "admin.token").read_text().strip()
+        except OSError:
+            raise CliError("no token: pass --token or set APPLIANCE_TOKEN", USAGE) from None
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+
+def checked(response: httpx.Response) -> dict:
+    """The JSON body of a success; CliError `code: detail` for a problem."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code >= 400:
+        code = body.get("code", f"http_{response.status_code}")
+        raise CliError(f"{code}: {body.get('detail', response.text[:200])}")
+    return body

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from appliance.cli.common import (
     FAILURE,
     USAGE,
     CliError,
+    api_client,
+    checked,
     local_actor,
-    running_url,
     say,
     settings_from,
 )
@@ -88,17 +88,17 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
 
 def get_config(args: argparse.Namespace) -> int:
     key = _key(args.key)
-    with _client(args) as http:
+    with api_client(args) as http:
         if args.explain:
-            say(json.dumps(_check(http.get(f"/api/v1/config/{key}/explain")), indent=2))
+            say(json.dumps(checked(http.get(f"/api/v1/config/{key}/explain")), indent=2))
             return 0
         if args.version is not None:
-            version = _check(http.get(f"/api/v1/config/{key}/versions/{args.version}"))
+            version = checked(http.get(f"/api/v1/config/{key}/versions/{args.version}"))
             _write(version["content"].encode())
             return 0
         response = http.get(f"/api/v1/config/{key}")
         if response.status_code >= 400:
-            _check(response)
+            checked(response)
     _write(response.content)
     return 0
 
@@ -126,8 +126,8 @@ def put_config(args: argparse.Namespace) -> int:
     body = {"format": args.format, "content": content}
     if args.comment:
         body["comment"] = args.comment
-    with _client(args) as http:
-        created = _check(http.post(f"/api/v1/config/{key}/versions", json=body))
+    with api_client(args) as http:
+        created = checked(http.post(f"/api/v1/config/{key}/versions", json=body))
     say(json.dumps(created, indent=2))
     return 0
 
@@ -142,8 +142,8 @@ def release_config(args: argparse.Namespace) -> int:
         _etcd_call(etcd.publish_rules, args.etcd, prefix, key, rules)
         say(json.dumps({"key": key, "rules": rules, "etcd": args.etcd}))
         return 0
-    with _client(args) as http:
-        stored = _check(http.put(f"/api/v1/config/{key}/releases", json={"rules": rules}))
+    with api_client(args) as http:
+        stored = checked(http.put(f"/api/v1/config/{key}/releases", json={"rules": rules}))
     say(json.dumps(stored, indent=2))
     return 0
 
@@ -158,12 +158,12 @@ def watch_config(args: argparse.Namespace) -> int:
         params["after"] = args.after
     seen = 0
     with (
-        _client(args, timeout=httpx.Timeout(30.0, read=WATCH_READ_TIMEOUT_S)) as http,
+        api_client(args, timeout=httpx.Timeout(30.0, read=WATCH_READ_TIMEOUT_S)) as http,
         http.stream("GET", "/api/v1/config/watch", params=params) as response,
     ):
         if response.status_code != 200:
             response.read()
-            _check(response)
+            checked(response)
         for event in _events(response.iter_lines()):
             if event.get("event") == "reset":
                 detail = json.loads(event.get("data", "{}"))
@@ -244,27 +244,3 @@ def _etcd_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def _write(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
-
-
-def _client(args: argparse.Namespace, timeout: Any = 30.0) -> httpx.Client:
-    settings = settings_from(args)
-    url = args.url or running_url(settings)
-    token = args.token or os.environ.get("APPLIANCE_TOKEN")
-    if not token:
-        try:
-            token = (settings.data_dir / "admin.token").read_text().strip()
-        except OSError:
-            raise CliError("no token: pass --token or set APPLIANCE_TOKEN", USAGE) from None
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
-
-
-def _check(response: httpx.Response) -> dict:
-    """The JSON body of a success; CliError `code: detail` for a problem."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.status_code >= 400:
-        code = body.get("code", f"http_{response.status_code}")
-        raise CliError(f"{code}: {body.get('detail', response.text[:200])}")
-    return body

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from appliance.cli.common import USAGE, CliError, running_url, say, settings_from
+from appliance.cli.common import USAGE, CliError, api_client, checked, say
 
 WAIT_S = 20  # seconds a long poll is held; under the client's 30 s timeout
 
@@ -69,8 +68,8 @@ def submit_task(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             body[key] = value
-    with _client(args) as http:
-        task = _check(http.post("/api/v1/tasks", json=body))
+    with api_client(args) as http:
+        task = checked(http.post("/api/v1/tasks", json=body))
         if not args.wait:
             say(json.dumps(task, indent=2))
             return 0
@@ -78,8 +77,8 @@ def submit_task(args: argparse.Namespace) -> int:
 
 
 def get_task(args: argparse.Namespace) -> int:
-    with _client(args) as http:
-        task = _check(http.get(f"/api/v1/tasks/{args.task_id}"))
+    with api_client(args) as http:
+        task = checked(http.get(f"/api/v1/tasks/{args.task_id}"))
         if args.result:
             return _print_result(http, task)
     say(json.dumps(task, indent=2))
@@ -87,8 +86,8 @@ def get_task(args: argparse.Namespace) -> int:
 
 
 def cancel_task(args: argparse.Namespace) -> int:
-    with _client(args) as http:
-        task = _check(http.post(f"/api/v1/tasks/{args.task_id}/cancel"))
+    with api_client(args) as http:
+        task = checked(http.post(f"/api/v1/tasks/{args.task_id}/cancel"))
     say(json.dumps(task, indent=2))
     return 0
 
@@ -97,14 +96,14 @@ def _print_result(http: httpx.Client, task: dict) -> int:
     if task["state"] != "succeeded":
         error = task.get("error") or {}
         raise CliError(f"task {task['id']} {task['state']}: {error.get('message', '')}".strip())
-    say(json.dumps(_check(http.get(f"/api/v1/tasks/{task['id']}/result")), indent=2))
+    say(json.dumps(checked(http.get(f"/api/v1/tasks/{task['id']}/result")), indent=2))
     return 0
 
 
 def _wait(http: httpx.Client, task_id: str) -> dict:
     """Long-poll the task until it ends (each request is held up to WAIT_S on the server)."""
     while True:
-        task = _check(http.get(f"/api/v1/tasks/{task_id}", params={"wait": WAIT_S}))
+        task = checked(http.get(f"/api/v1/tasks/{task_id}", params={"wait": WAIT_S}))
         if task["finished"]:
             return task
 
@@ -125,26 +124,3 @@ def _json_arg(name: str, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(f"{name} is not valid JSON: {exc.msg}", USAGE) from None
-
-
-def _client(args: argparse.Namespace) -> httpx.Client:
-    settings = settings_from(args)
-    url = args.url or running_url(settings)
-    token = args.token or os.environ.get("APPLIANCE_TOKEN")
-    if not token:
-        try:
-            token = (settings.data_dir / "admin.token").read_text().strip()
-        except OSError:
-            raise CliError("no token: pass --token or set APPLIANCE_TOKEN", USAGE) from None
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
-
-
-def _check(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.status_code >= 400:
-        code = body.get("code", f"http_{response.status_code}")
-        raise CliError(f"{code}: {body.get('detail', response.text[:200])}")
-    return body
