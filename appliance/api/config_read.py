@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.api.context import ApiContext
+from appliance.api.guard import take_rate_token
 from appliance.api.problems import Problem
 from appliance.auth import Principal, Unauthenticated, role_allows
-from appliance.auth.ratelimit import retry_after_header
 from appliance.config.keys import parse_key
 from appliance.config.model import Version
 from appliance.config.service import ConfigService
@@ -128,11 +128,7 @@ class TokenGate:
         principal = self._principal(token.strip())
         if principal is None or not role_allows(principal.role, ROLE):
             return None
-        wait = self.ctx.limiter.acquire(principal.label)  # the guard's key for a token
-        if wait:
-            self.ctx.metrics.rate_limited.inc()
-            retry_after = {"Retry-After": retry_after_header(wait)}
-            raise Problem(429, "rate_limited", "too many requests; slow down", headers=retry_after)
+        take_rate_token(self.ctx, principal.label)  # the guard's key for a token
         return principal
 
     def _principal(self, token: str) -> Principal | None:

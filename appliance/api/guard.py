@@ -58,7 +58,12 @@ async def identify() -> None:
     except Unauthenticated as exc:
         g.auth_error = exc
         ctx.metrics.auth_failures.labels(reason=str(exc)).inc()
-    key = g.principal.label if g.principal else f"addr:{request.remote_addr}"
+    take_rate_token(ctx, g.principal.label if g.principal else f"addr:{request.remote_addr}")
+
+
+def take_rate_token(ctx: ApiContext, key: str) -> None:
+    """Take a request from `key`'s bucket, or raise the 429 problem (counted) when empty.
+    The key is a principal's label, or `addr:<ip>` for a request without one."""
     wait = ctx.limiter.acquire(key)
     if wait:
         ctx.metrics.rate_limited.inc()

@@ -13,7 +13,7 @@ from typing import Any
 from appliance.config.changes import Change, ChangeNotifier, change_of
 from appliance.config.errors import NotFound, ReadOnly
 from appliance.config.keys import ConfigKey
-from appliance.config.model import Rule, Version
+from appliance.config.model import Rule, Version, rules_from_records
 from appliance.config.repository import ConfigRepository
 from appliance.config.resolve import Box, Resolution, resolve
 
@@ -43,10 +43,7 @@ class ConfigService:
 
     def effective(self, key: ConfigKey) -> tuple[Version, Resolution]:
         """The version of `key` this box gets; NotFound when none."""
-        record = self.repository.key_record(key)
-        if record is None:
-            raise NotFound("key_not_found", f"no key {key}")
-        resolution = resolve(str(key), self.repository.rules(key), record["latest"], self.box)
+        resolution = self._resolve(key)
         if resolution.version is None:
             raise NotFound(
                 "not_released",
@@ -58,11 +55,17 @@ class ConfigService:
             raise NotFound("version_not_found", f"{key} has no version {resolution.version}")
         return version, resolution
 
-    def explain(self, key: ConfigKey) -> dict[str, Any]:
+    def _resolve(self, key: ConfigKey) -> Resolution:
+        """Resolution of `key` for this box from one read of its record; NotFound when the
+        key does not exist."""
         record = self.repository.key_record(key)
         if record is None:
             raise NotFound("key_not_found", f"no key {key}")
-        resolution = resolve(str(key), self.repository.rules(key), record["latest"], self.box)
+        rules = rules_from_records(record["rules"])
+        return resolve(str(key), rules, record["latest"], self.box)
+
+    def explain(self, key: ConfigKey) -> dict[str, Any]:
+        resolution = self._resolve(key)
         return {
             "key": str(key),
             "box": {"labels": self.box.labels, "bucket": self.box.bucket(str(key))},

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from appliance.store import Store
 from tests.conftest import START_TIMEOUT_S, ApplianceProcess
 
 KEY = "acme/pump/prod/limits"
@@ -87,6 +88,24 @@ def status_of(process: ApplianceProcess) -> dict:
 
 def config_health(process: ApplianceProcess) -> dict:
     return httpx.get(f"{process.url}/api/v1/health", timeout=5).json()["components"]["config"]
+
+
+@pytest.fixture
+async def stores(tmp_path: Path, nursery):
+    """`await stores(name)`: a real store under tmp_path, serving writes in the test's
+    nursery; all closed at the end."""
+    opened: list[Store] = []
+
+    async def open_store(name: str) -> Store:
+        store = Store.open(tmp_path / name)
+        opened.append(store)
+        await nursery.start(store.serve)
+        return store
+
+    yield open_store
+    nursery.cancel_scope.cancel()
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture

@@ -27,22 +27,6 @@ KEY = parse_key("acme/pump/prod/limits")
 TOKEN = "apl_replica_secret"
 
 
-@pytest.fixture
-async def stores(tmp_path, nursery):
-    opened = []
-
-    async def open_store(name: str) -> Store:
-        store = Store.open(tmp_path / name)
-        opened.append(store)
-        await nursery.start(store.serve)
-        return store
-
-    yield open_store
-    nursery.cancel_scope.cancel()
-    for store in opened:
-        store.close()
-
-
 def service_on(store: Store, *, mode: str, retention: int = 1000) -> ConfigService:
     repository = ConfigRepository(store, max_content_bytes=4096, log_retention=retention)
     return ConfigService(repository, Box("box-1", {}), mode=mode)

@@ -13,22 +13,6 @@ from appliance.store import Store
 KEY = parse_key("acme/pump/prod/limits")
 
 
-@pytest.fixture
-async def stores(tmp_path, nursery):
-    opened = []
-
-    async def open_store(name: str) -> Store:
-        store = Store.open(tmp_path / name)
-        opened.append(store)
-        await nursery.start(store.serve)
-        return store
-
-    yield open_store
-    nursery.cancel_scope.cancel()
-    for store in opened:
-        store.close()
-
-
 def service_on(store: Store, *, mode: str = "hub", retention: int = 100, labels=None):
     repository = ConfigRepository(store, max_content_bytes=4096, log_retention=retention)
     return ConfigService(repository, Box("box-1", labels or {}), mode=mode)
