@@ -6,19 +6,9 @@
     await endpoint.stop()                             # close every connection: going_away
 
 This module only moves bytes and waits: `Connection` decides what the bytes mean, `Router`
-who gets what, `SubscriberQueue` what a slow consumer loses. Each connection is one task
-tree inside the endpoint's nursery:
-
-    connection nursery
-    ├── reader   receive_some (bounded) -> Connection.receive_data -> act via the Router
-    ├── writer   the only task that takes bytes out of the Connection and writes them
-    └── timer    hello deadline, the closing handshake's deadline, Connection.tick
-
-**One writer.** `Connection.send` and `close` hand back everything queued so far, so the
-bytes must be written in the order they were taken. Instead of a lock around "take and
-write", a single writer task per connection takes and writes; everybody else queues work
-for it (a control queue for requests and replies, a `SubscriberQueue` per subscription
-for deliveries) and wakes it.
+who gets what, `SubscriberQueue` what a slow consumer loses. Each connection is a `Peer`
+(`appliance/bus/peer.py`): one task tree inside the endpoint's nursery with a reader, a
+single writer and a timer; the endpoint acts on what its reader reports (`_on_event`).
 
 **Bounded everything.** A delivery goes into its subscription's `SubscriberQueue` with the
 policy the subscriber chose: `drop` and `latest` never wait; `block` makes the publisher
@@ -34,9 +24,7 @@ the Unix socket file. Last wills are published when a connection ends (`Closed.w
 or cut off), except while the endpoint stops: every subscriber is being disconnected too.
 
 Not yet: liveness (`ping_timeout`), routing streams between clients, `register` and
-`deregister` (node names come from the hello), links to other endpoints. Longer than our
-400-line aim; the per-connection part (`_Peer` and its reader, writer and timer) is the
-piece to move out when links arrive.
+`deregister` (node names come from the hello), links to other endpoints.
 """
 
 from __future__ import annotations
@@ -48,8 +36,7 @@ import logging
 import os
 import socket
 import stat
-from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -57,10 +44,10 @@ import trio
 from appliance.bus import events as ev
 from appliance.bus import messages as m
 from appliance.bus.codec import DEFAULT_MAX_BAD_CRC, DEFAULT_MAX_FRAME
-from appliance.bus.connection import Connection, State
+from appliance.bus.connection import Connection
 from appliance.bus.flow import Offer, SlowConsumer, SubscriberQueue
+from appliance.bus.peer import Limits, Peer, Signal, now_us
 from appliance.bus.principal import Authenticate
-from appliance.bus.reasons import LocalProtocolError
 from appliance.bus.retained import RetainedStore
 from appliance.bus.router import Delivery, RouteError, Router, Send
 from appliance.bus.selectors import SelectorError
@@ -70,92 +57,11 @@ log = logging.getLogger("appliance.bus")
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Every bound of the endpoint in one place (seconds, counts, bytes)."""
-
-    receive_chunk: int = 65536  # bytes per receive_some
-    queue_messages: int = 1024  # per subscription
-    queue_bytes: int = 4 << 20  # per subscription
-    control_messages: int = 2048  # requests and replies waiting for one connection's writer
-    write_batch: int = 256  # deliveries per write
-    stuck_timeout: float = 10.0  # a write, or a block publisher, waiting for a consumer
-    hello_timeout: float = 10.0
-    close_grace: float = 2.0  # after close: waiting for the peer's close or hang-up
-    expire_interval: float = 0.05  # how late a `timeout` reply may be
-    retained_count: int = 10_000
-    retained_bytes: int = 16 << 20
-
-
-@dataclass(frozen=True)
 class Addresses:
     """Where the endpoint listens: `unix` a path, `tcp` a `tcp://host:port` URL."""
 
     unix: str | None
     tcp: str | None
-
-
-class _Signal:
-    """A level-triggered wake-up: `set` any number of times, `wait` returns once per burst."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
-class _Peer:
-    """One connection's state beyond the protocol: its queues and its task tree's scope."""
-
-    def __init__(self, conn: Connection, stream: trio.abc.Stream, limits: Limits) -> None:
-        self.conn = conn
-        self.stream = stream
-        self.limits = limits
-        self.queues: dict[int, SubscriberQueue[m.Message]] = {}
-        self.control: deque[m.Message] = deque()
-        self.wake = _Signal()  # the writer has work
-        self.room = _Signal()  # the writer took deliveries: block publishers may retry
-        self.scope = trio.CancelScope()
-        self.established = False
-        self.will: m.Will | None = None
-        self.close_request: tuple[str, str] | None = None
-        self.closing_since: float | None = None
-        self.closed: ev.Closed | None = None
-        self.cut: str | None = None  # cut off without a close frame: why
-
-    @property
-    def id(self) -> int:
-        return self.conn.connection_id
-
-    @property
-    def alive(self) -> bool:
-        return self.closed is None and self.cut is None and self.conn.state is not State.CLOSED
-
-    def queue_control(self, message: m.Message) -> None:
-        if not self.alive:
-            return
-        if len(self.control) >= self.limits.control_messages:
-            self.cut_off("slow_consumer", f"{len(self.control)} requests and replies unread")
-            return
-        self.control.append(message)
-        self.wake.set()
-
-    def request_close(self, reason: str, text: str) -> None:
-        if self.alive and self.close_request is None:
-            self.close_request = (reason, text)
-            self.wake.set()
-
-    def cut_off(self, reason: str, text: str) -> None:
-        """End the connection now, without a close frame (it is not reading)."""
-        if self.cut is None:
-            self.cut = reason
-            log.warning("bus connection %d cut off: %s: %s", self.id, reason, text)
-        self.scope.cancel()
-        self.room.set()
 
 
 class BusEndpoint:
@@ -168,12 +74,12 @@ class BusEndpoint:
         tcp: tuple[str, int] | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_bad_crc: int = DEFAULT_MAX_BAD_CRC,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
     ) -> None:
         self.node = node
         self.unix_path = unix_path
         self.tcp = tcp
-        self.limits = limits
+        self.limits = limits = limits or Limits()
         self._authenticate = authenticate
         self._max_frame = max_frame
         self._max_bad_crc = max_bad_crc
@@ -183,19 +89,17 @@ class BusEndpoint:
                 max_count=limits.retained_count, max_bytes=limits.retained_bytes
             ),
         )
-        self.peers: dict[int, _Peer] = {}
+        self.peers: dict[int, Peer] = {}
         self.addresses = Addresses(None, None)
         self._ids = itertools.count(1)
-        self._request_routed = _Signal()
+        self._request_routed = Signal()
         self._stop = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
         self._no_peers = trio.Event()
         self.tcp_error: str | None = None
 
-    @staticmethod
-    def now_us() -> int:
-        return int(trio.current_time() * 1_000_000)
+    now_us = staticmethod(now_us)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -278,20 +182,16 @@ class BusEndpoint:
             max_frame=self._max_frame,
             max_bad_crc=self._max_bad_crc,
         )
-        peer = _Peer(conn, stream, self.limits)
+        peer = Peer(conn, stream, self.limits)
         if self._stopping:
             peer.request_close("going_away", "the appliance is stopping")
         self.peers[peer.id] = peer
         try:
-            with peer.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read, peer)
-                    nursery.start_soon(self._write, peer, nursery.cancel_scope)
-                    nursery.start_soon(self._watch, peer)
+            await peer.run(self._on_event)
         finally:
             self._forget(peer)
 
-    def _forget(self, peer: _Peer) -> None:
+    def _forget(self, peer: Peer) -> None:
         """The connection is over: detach it, answer its callers, publish its will."""
         del self.peers[peer.id]
         if not self.peers:
@@ -322,98 +222,9 @@ class BusEndpoint:
                         delivery.sid,
                     )
 
-    async def _read(self, peer: _Peer) -> None:
-        while peer.closed is None:
-            try:
-                data = await peer.stream.receive_some(self.limits.receive_chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            for event in peer.conn.receive_data(data):
-                await self._on_event(peer, event)
-            peer.wake.set()
-
-    async def _write(self, peer: _Peer, tree: trio.CancelScope) -> None:
-        while True:
-            out = self._take_output(peer)
-            if out:
-                with trio.move_on_after(self.limits.stuck_timeout) as timer:
-                    try:
-                        await peer.stream.send_all(out)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        tree.cancel()  # it hung up; the reader may not have noticed yet
-                        return
-                if timer.cancelled_caught:
-                    peer.cut_off("slow_consumer", f"a write took over {timer.deadline} s")
-                    return
-                peer.room.set()
-                continue
-            if peer.conn.state is State.CLOSED:
-                tree.cancel()  # the close frame (if any) is out: hang up
-                return
-            await peer.wake.wait()
-
-    def _take_output(self, peer: _Peer) -> bytes:
-        """Every byte due on the connection now, in order: the protocol's own replies,
-        requests and replies for it, then a batch of deliveries."""
-        conn = peer.conn
-        chunks = [conn.data_to_send()]
-        if peer.close_request is not None and conn.state in (State.HELLO, State.ESTABLISHED):
-            chunks.append(conn.close(*peer.close_request))
-            peer.closing_since = trio.current_time()
-        if conn.state is not State.ESTABLISHED:
-            peer.control.clear()
-            return b"".join(chunks)
-        while peer.control:
-            chunks.append(self._send_one(conn, peer.control.popleft()))
-        budget = self.limits.write_batch
-        for queue in list(peer.queues.values()):
-            while budget and (entry := queue.take()) is not None:
-                deliver = entry.value.body
-                assert isinstance(deliver, m.Deliver)
-                gap = entry.gap + entry.superseded
-                body = replace(deliver, gap=gap) if gap else deliver
-                chunks.append(self._send_one(conn, m.Message(body, entry.value.head)))
-                budget -= 1
-        if not budget:
-            peer.wake.set()  # more deliveries wait: come back after this write
-        return b"".join(chunks)
-
-    @staticmethod
-    def _send_one(conn: Connection, message: m.Message) -> bytes:
-        try:
-            return conn.send(message)
-        except LocalProtocolError as exc:  # e.g. too many requests pending on it
-            log.warning("bus connection %d: not sent: %s", conn.connection_id, exc)
-            return b""
-
-    async def _watch(self, peer: _Peer) -> None:
-        """The connection's deadlines: the hello, the closing handshake, its requests."""
-        limits = self.limits
-        opened = trio.current_time()
-        while True:
-            now = trio.current_time()
-            conn = peer.conn
-            if conn.state is State.HELLO and now - opened >= limits.hello_timeout:
-                peer.request_close("hello_timeout", f"no hello within {limits.hello_timeout} s")
-            if peer.closing_since is not None and now - peer.closing_since >= limits.close_grace:
-                peer.scope.cancel()  # the peer did not answer our close: hang up
-                return
-            conn.tick(self.now_us())  # forget requests to it whose caller gave up
-            wake = []
-            if conn.state is State.HELLO and peer.close_request is None:
-                wake.append(opened + limits.hello_timeout)
-            if peer.closing_since is not None:
-                wake.append(peer.closing_since + limits.close_grace)
-            if conn.next_deadline is not None:
-                wake.append(conn.next_deadline / 1_000_000)
-            # The close request is seen by the writer, which sets closing_since; re-check
-            # at least every close_grace so that a new closing deadline is noticed.
-            with trio.move_on_at(min(wake, default=now + limits.close_grace)):
-                await trio.sleep_forever()
-
     # --- acting on what a connection reported -----------------------------------------------
 
-    async def _on_event(self, peer: _Peer, event: ev.Event) -> None:
+    async def _on_event(self, peer: Peer, event: ev.Event) -> None:
         match event:
             case ev.Established(node=node, will=will):
                 try:
@@ -464,7 +275,7 @@ class BusEndpoint:
                 pass  # pongs, streams and discovery registration: not routed yet
 
     async def _subscribe(
-        self, peer: _Peer, sid: int, pattern, group: str | None, policy: SlowConsumer
+        self, peer: Peer, sid: int, pattern, group: str | None, policy: SlowConsumer
     ) -> None:
         peer.queues[sid] = SubscriberQueue(
             policy, max_messages=self.limits.queue_messages, max_bytes=self.limits.queue_bytes
@@ -485,7 +296,7 @@ class BusEndpoint:
         if target is not None:
             target.queue_control(send.message)
 
-    def _offer(self, delivery: Delivery) -> tuple[_Peer, SubscriberQueue[m.Message]] | None:
+    def _offer(self, delivery: Delivery) -> tuple[Peer, SubscriberQueue[m.Message]] | None:
         """Queue a delivery if its subscriber is there; returns it when the queue is full
         and the policy is `block` (the caller waits or gives up)."""
         peer = self.peers.get(delivery.connection)

@@ -1,0 +1,219 @@
+"""One bus connection's life inside the endpoint: its queues and its task tree.
+
+    connection nursery (Peer.run)
+    ├── reader   receive_some (bounded) -> Connection.receive_data -> on_event (the endpoint)
+    ├── writer   the only task that takes bytes out of the Connection and writes them
+    └── timer    hello deadline, the closing handshake's deadline, Connection.tick
+
+**One writer.** `Connection.send` and `close` hand back everything queued so far, so the
+bytes must be written in the order they were taken. Instead of a lock around "take and
+write", a single writer task per connection takes and writes; everybody else queues work
+for it (`queue_control` for requests and replies, a `SubscriberQueue` per subscription
+for deliveries) and wakes it.
+
+A consumer is cut off (`slow_consumer`, no close frame: a write may have stopped
+mid-frame, and it is not reading anyway) when a write to it does not complete within
+`Limits.stuck_timeout` or when its control queue overflows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import trio
+
+from appliance.bus import events as ev
+from appliance.bus import messages as m
+from appliance.bus.connection import Connection, State
+from appliance.bus.flow import SubscriberQueue
+from appliance.bus.reasons import LocalProtocolError
+
+log = logging.getLogger("appliance.bus")
+
+OnEvent = Callable[["Peer", ev.Event], Awaitable[None]]
+
+
+def now_us() -> int:
+    """The endpoint's clock for the sans-IO parts: trio's, in microseconds."""
+    return int(trio.current_time() * 1_000_000)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound of the endpoint in one place (seconds, counts, bytes)."""
+
+    receive_chunk: int = 65536  # bytes per receive_some
+    queue_messages: int = 1024  # per subscription
+    queue_bytes: int = 4 << 20  # per subscription
+    control_messages: int = 2048  # requests and replies waiting for one connection's writer
+    write_batch: int = 256  # deliveries per write
+    stuck_timeout: float = 10.0  # a write, or a block publisher, waiting for a consumer
+    hello_timeout: float = 10.0
+    close_grace: float = 2.0  # after close: waiting for the peer's close or hang-up
+    expire_interval: float = 0.05  # how late a `timeout` reply may be
+    retained_count: int = 10_000
+    retained_bytes: int = 16 << 20
+
+
+class Signal:
+    """A level-triggered wake-up: `set` any number of times, `wait` returns once per burst."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+class Peer:
+    """One connection's state beyond the protocol: its queues and its task tree's scope."""
+
+    def __init__(self, conn: Connection, stream: trio.abc.Stream, limits: Limits) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.limits = limits
+        self.queues: dict[int, SubscriberQueue[m.Message]] = {}
+        self.control: deque[m.Message] = deque()
+        self.wake = Signal()  # the writer has work
+        self.room = Signal()  # the writer took deliveries: block publishers may retry
+        self.scope = trio.CancelScope()
+        self.established = False
+        self.will: m.Will | None = None
+        self.close_request: tuple[str, str] | None = None
+        self.closing_since: float | None = None
+        self.closed: ev.Closed | None = None
+        self.cut: str | None = None  # cut off without a close frame: why
+
+    @property
+    def id(self) -> int:
+        return self.conn.connection_id
+
+    @property
+    def alive(self) -> bool:
+        return self.closed is None and self.cut is None and self.conn.state is not State.CLOSED
+
+    def queue_control(self, message: m.Message) -> None:
+        if not self.alive:
+            return
+        if len(self.control) >= self.limits.control_messages:
+            self.cut_off("slow_consumer", f"{len(self.control)} requests and replies unread")
+            return
+        self.control.append(message)
+        self.wake.set()
+
+    def request_close(self, reason: str, text: str) -> None:
+        if self.alive and self.close_request is None:
+            self.close_request = (reason, text)
+            self.wake.set()
+
+    def cut_off(self, reason: str, text: str) -> None:
+        """End the connection now, without a close frame (it is not reading)."""
+        if self.cut is None:
+            self.cut = reason
+            log.warning("bus connection %d cut off: %s: %s", self.id, reason, text)
+        self.scope.cancel()
+        self.room.set()
+
+    async def run(self, on_event: OnEvent) -> None:
+        """The connection's task tree, until it ends (or `scope` is cancelled)."""
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, on_event)
+                nursery.start_soon(self._write, nursery.cancel_scope)
+                nursery.start_soon(self._watch)
+
+    async def _read(self, on_event: OnEvent) -> None:
+        while self.closed is None:
+            try:
+                data = await self.stream.receive_some(self.limits.receive_chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            for event in self.conn.receive_data(data):
+                await on_event(self, event)
+            self.wake.set()
+
+    async def _write(self, tree: trio.CancelScope) -> None:
+        while True:
+            out = self._take_output()
+            if out:
+                with trio.move_on_after(self.limits.stuck_timeout) as timer:
+                    try:
+                        await self.stream.send_all(out)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        tree.cancel()  # it hung up; the reader may not have noticed yet
+                        return
+                if timer.cancelled_caught:
+                    self.cut_off("slow_consumer", f"a write took over {timer.deadline} s")
+                    return
+                self.room.set()
+                continue
+            if self.conn.state is State.CLOSED:
+                tree.cancel()  # the close frame (if any) is out: hang up
+                return
+            await self.wake.wait()
+
+    def _take_output(self) -> bytes:
+        """Every byte due on the connection now, in order: the protocol's own replies,
+        requests and replies for it, then a batch of deliveries."""
+        conn = self.conn
+        chunks = [conn.data_to_send()]
+        if self.close_request is not None and conn.state in (State.HELLO, State.ESTABLISHED):
+            chunks.append(conn.close(*self.close_request))
+            self.closing_since = trio.current_time()
+        if conn.state is not State.ESTABLISHED:
+            self.control.clear()
+            return b"".join(chunks)
+        while self.control:
+            chunks.append(_send_one(conn, self.control.popleft()))
+        budget = self.limits.write_batch
+        for queue in list(self.queues.values()):
+            while budget and (entry := queue.take()) is not None:
+                deliver = entry.value.body
+                assert isinstance(deliver, m.Deliver)
+                gap = entry.gap + entry.superseded
+                body = replace(deliver, gap=gap) if gap else deliver
+                chunks.append(_send_one(conn, m.Message(body, entry.value.head)))
+                budget -= 1
+        if not budget:
+            self.wake.set()  # more deliveries wait: come back after this write
+        return b"".join(chunks)
+
+    async def _watch(self) -> None:
+        """The connection's deadlines: the hello, the closing handshake, its requests."""
+        limits = self.limits
+        opened = trio.current_time()
+        while True:
+            now = trio.current_time()
+            conn = self.conn
+            if conn.state is State.HELLO and now - opened >= limits.hello_timeout:
+                self.request_close("hello_timeout", f"no hello within {limits.hello_timeout} s")
+            if self.closing_since is not None and now - self.closing_since >= limits.close_grace:
+                self.scope.cancel()  # the peer did not answer our close: hang up
+                return
+            conn.tick(now_us())  # forget requests to it whose caller gave up
+            wake = []
+            if conn.state is State.HELLO and self.close_request is None:
+                wake.append(opened + limits.hello_timeout)
+            if self.closing_since is not None:
+                wake.append(self.closing_since + limits.close_grace)
+            if conn.next_deadline is not None:
+                wake.append(conn.next_deadline / 1_000_000)
+            # The close request is seen by the writer, which sets closing_since; re-check
+            # at least every close_grace so that a new closing deadline is noticed.
+            with trio.move_on_at(min(wake, default=now + limits.close_grace)):
+                await trio.sleep_forever()
+
+
+def _send_one(conn: Connection, message: m.Message) -> bytes:
+    try:
+        return conn.send(message)
+    except LocalProtocolError as exc:  # e.g. too many requests pending on it
+        log.warning("bus connection %d: not sent: %s", conn.connection_id, exc)
+        return b""
