@@ -66,7 +66,7 @@ from appliance.bus.events import (
     Subscribed,
     Unsubscribed,
 )
-from appliance.bus.flow import FlowError, SlowConsumer
+from appliance.bus.flow import FlowError, SlowConsumer, StreamSender
 from appliance.bus.principal import Authenticate, BusPrincipal
 from appliance.bus.reasons import BY_CODE, FrameError, LocalProtocolError, MessageError, reason_for
 from appliance.bus.streams import Streams
@@ -95,7 +95,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 # What each role may receive once established; it sends the other role's set.
-_BOTH = frozenset({"ping", "pong", "request", "reply", "packet", "ack", "close"})
+_BOTH = frozenset(
+    {"ping", "pong", "request", "reply", "packet", "ack", "reset_stream", "stop_sending", "close"}
+)
 RECEIVES: dict[str, frozenset[str]] = {
     "server": _BOTH | {"publish", "subscribe", "unsubscribe", "register", "deregister", "query"},
     "client": _BOTH | {"deliver", "query_result"},
@@ -137,6 +139,7 @@ class Connection:
         max_subscriptions: int = 1024,
         max_pending_requests: int = 1024,
         max_streams: int = 256,
+        manual_release: bool = False,
     ) -> None:
         if role not in ("server", "client"):
             raise LocalProtocolError(f"role is 'server' or 'client', not {role!r}")
@@ -170,7 +173,9 @@ class Connection:
         self._pending: dict[int, PendingRequest] = {}  # requests we sent
         self._inbound: dict[int, int] = {}  # requests we received: id -> deadline
         self._sids: set[int] = set()  # server: the peer's subscriptions
-        self._streams = Streams(window=stream_window, max_streams=max_streams)
+        self._streams = Streams(
+            window=stream_window, max_streams=max_streams, manual_release=manual_release
+        )
         self.last_received_us: int | None = None
 
     # --- state -----------------------------------------------------------------------------
@@ -217,7 +222,7 @@ class Connection:
             raise LocalProtocolError(f"send({kind}) after close")
         if kind not in SENDS[self.role]:
             raise LocalProtocolError(f"a {self.role} does not send {kind}")
-        if kind in ("welcome", "close", "packet", "ack"):
+        if kind in ("welcome", "close", "packet", "ack", "reset_stream", "stop_sending"):
             raise LocalProtocolError(f"{kind} is sent by the connection itself")
         if self._state is State.HELLO and kind != "hello":
             raise LocalProtocolError(f"send({kind}) before the welcome")
@@ -512,12 +517,35 @@ class Connection:
 
     # --- streams (appliance.bus.streams keeps the books) ------------------------------------
 
-    def open_stream(self, stream_id: int, *, buffer_limit: int | None = None) -> None:
+    def open_stream(
+        self, stream_id: int, *, buffer_limit: int | None = None, head: m.Head | None = None
+    ) -> None:
         """Start sending stream `stream_id` (numbered by the sender, unique among its
-        open streams on this connection; the peer's streams are numbered apart)."""
+        open streams on this connection; the peer's streams are numbered apart). Every
+        packet carries `head` (e.g. the `destination` node the endpoint relays it to)."""
         self._require_established("open_stream")
-        max_packet = max(1, min(self.max_packet, self.peer_max_frame - 128))
-        self._streams.open(stream_id, max_packet=max_packet, buffer_limit=buffer_limit)
+        self._streams.open(
+            stream_id, max_packet=self._max_packet(), buffer_limit=buffer_limit, head=head
+        )
+
+    def attach_stream(
+        self, stream_id: int, sender: StreamSender, head: m.Head | None = None
+    ) -> None:
+        """Send `sender`, a stream kept across connections, from its acknowledged offset
+        on (the endpoint's relays resume this way on a receiver's new connection)."""
+        self._require_established("attach_stream")
+        sender.max_packet = min(sender.max_packet, self._max_packet())
+        sender.rewind()
+        self._streams.attach(stream_id, sender, head)
+        self.stream_flush(stream_id)
+
+    def stream_flush(self, stream_id: int) -> None:
+        """Queue what an attached stream's window allows now (after writing to it)."""
+        for body, head in self._streams.packets(stream_id, self._clock()):
+            self._queue(body, head)
+
+    def _max_packet(self) -> int:
+        return max(1, min(self.max_packet, self.peer_max_frame - 256))
 
     def stream_write(self, stream_id: int, data: bytes, *, fin: bool = False) -> int:
         """Buffer what fits of `data` and queue the packets the window allows; returns how
@@ -525,8 +553,8 @@ class Connection:
         the stream once all of `data` is taken."""
         self._require_established("stream_write")
         taken, packets = self._streams.write(stream_id, data, fin=fin, now_us=self._clock())
-        for packet in packets:
-            self._queue(packet)
+        for body, head in packets:
+            self._queue(body, head)
         return taken
 
     def stream_writable(self, stream_id: int) -> int:
@@ -534,11 +562,30 @@ class Connection:
 
     def stream_read(self, stream_id: int, max_bytes: int | None = None) -> bytes:
         """Take readable bytes of a stream the peer sends; this is what acknowledges them
-        (an ack is queued when due)."""
+        (an ack is queued when due), or, with `manual_release`, `stream_release` is."""
         data, ack = self._streams.read(stream_id, max_bytes)
+        self._queue_ack(ack)
+        return data
+
+    def stream_release(self, stream_id: int, offset: int) -> None:
+        """`manual_release`: every byte of the stream before `offset` is done with."""
+        self._queue_ack(self._streams.release(stream_id, offset))
+
+    def stream_reset(self, stream_id: int, reason: str = "normal", text: str = "") -> None:
+        """Abandon a stream we send (`reset_stream` to the peer)."""
+        self._queue_control(self._streams.reset(stream_id, reason, _clip(text)))
+
+    def stream_stop(self, stream_id: int, reason: str = "normal", text: str = "") -> None:
+        """Refuse the rest of a stream the peer sends (`stop_sending` to the peer)."""
+        self._queue_control(self._streams.stop(stream_id, reason, _clip(text)))
+
+    def _queue_ack(self, ack: m.Acknowledge | None) -> None:
         if ack is not None and self._state is State.ESTABLISHED:
             self._queue(ack)
-        return data
+
+    def _queue_control(self, out: tuple[m.Body, m.Head] | None) -> None:
+        if out is not None and self._state is State.ESTABLISHED:
+            self._queue(*out)
 
     def _require_established(self, what: str) -> None:
         if self._state is not State.ESTABLISHED:
@@ -546,7 +593,7 @@ class Connection:
 
     def _on_packet(self, head: m.Head, packet: m.Packet, events: list[Event]) -> None:
         try:
-            event, ack = self._streams.on_packet(packet)
+            event, ack = self._streams.on_packet(packet, head)
         except FlowError as exc:
             self._violation(exc.code, f"stream {packet.stream_id}: {exc}", events)
             return
@@ -561,8 +608,18 @@ class Connection:
         except FlowError as exc:
             self._violation(exc.code, f"stream {ack.stream_id}: {exc}", events)
             return
-        for packet in packets:
-            self._queue(packet)
+        for body, packet_head in packets:
+            self._queue(body, packet_head)
+        if event is not None:
+            events.append(event)
+
+    def _on_reset_stream(self, head: m.Head, reset: m.ResetStream, events: list[Event]) -> None:
+        event = self._streams.on_reset(reset)
+        if event is not None:
+            events.append(event)
+
+    def _on_stop_sending(self, head: m.Head, stop: m.StopSending, events: list[Event]) -> None:
+        event = self._streams.on_stop_sending(stop)
         if event is not None:
             events.append(event)
 

@@ -16,6 +16,7 @@ frame after a violation) are done by the connection itself and only reported.
     ├── RequestTimedOut    `tick` passed the deadline of a request we sent
     ├── StreamData         stream bytes became readable (call `stream_read`)
     ├── StreamAcked        the peer acknowledged stream bytes we sent (more may be writable)
+    ├── StreamReset / StreamStopped   the peer abandoned a stream it sends / refused ours
     ├── NodeRegistered / NodeDeregistered / QueryReceived / QueryAnswered   discovery
     ├── FrameDropped       a non-fatal bad frame (a bad checksum) was skipped
     └── Closed             the connection is over; always the last event
@@ -29,6 +30,8 @@ from appliance.bus import messages as m
 from appliance.bus.flow import SlowConsumer
 from appliance.bus.principal import BusPrincipal
 from appliance.bus.topics import Pattern
+
+_NO_HEAD = m.Head()
 
 
 class Event:
@@ -125,6 +128,8 @@ class StreamData(Event):
     stream_id: int
     readable: int
     fin: bool
+    head: m.Head = _NO_HEAD  # the head of the stream's first packet on this connection
+    start_offset: int = 0  # where the stream started on this connection (>0: resumed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +140,28 @@ class StreamAcked(Event):
     stream_id: int
     released: int
     done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset(Event):
+    """The peer abandoned stream `stream_id` that it was sending us (`reset_stream`); what
+    is readable can still be read, nothing more comes."""
+
+    stream_id: int
+    code: int
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStopped(Event):
+    """The peer refused the rest of our stream `stream_id` (`stop_sending`); it is
+    forgotten, and writes to it fail."""
+
+    stream_id: int
+    code: int
+    reason: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)

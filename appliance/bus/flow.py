@@ -229,12 +229,16 @@ class StreamReceiver:
         start_offset: int = 0,
         max_segments: int = 256,
         ack_every: int | None = None,
+        manual_release: bool = False,
     ) -> None:
         self.stream_id = stream_id
         self.window = _positive("window", window)
+        self.start_offset = start_offset
         self.max_segments = max_segments
         self.ack_every = _positive("ack_every", ack_every or max(1, window // 4))
-        self._read = start_offset  # = acknowledge_offset
+        self._read = start_offset  # = acknowledge_offset: read and released
+        self._taken = start_offset  # handed out by `read` (released later in manual mode)
+        self.manual_release = manual_release
         self._assembled = start_offset  # bytes before it are in _ready or read
         self._ready = bytearray()
         self._starts: list[int] = []  # out-of-order pieces after _assembled, sorted
@@ -261,7 +265,7 @@ class StreamReceiver:
 
     @property
     def finished(self) -> bool:
-        """The whole stream has been read."""
+        """The whole stream has been read (and released)."""
         return self._final is not None and self._read == self._final
 
     def receive(self, packet: Packet) -> int:
@@ -350,16 +354,35 @@ class StreamReceiver:
             self._pieces[start] = data[start - offset : stop - offset]
         return 0
 
+    @property
+    def taken(self) -> int:
+        """One past the last byte `read` handed out (the next read starts here)."""
+        return self._taken
+
     def read(self, max_bytes: int | None = None) -> bytes:
-        """Take in-order bytes (all of them, or at most `max_bytes`); they count as
-        acknowledged from now on."""
+        """Take in-order bytes (all of them, or at most `max_bytes`). They count as
+        acknowledged from now on, or, with `manual_release`, once `release` says so."""
         count = len(self._ready) if max_bytes is None else min(max_bytes, len(self._ready))
         data = bytes(self._ready[:count])
         del self._ready[:count]
-        self._read += count
-        if count and (self._read - self._acked >= self.ack_every or not self._ready):
-            self._ack_due = True
+        self._taken += count
+        if not self.manual_release:
+            self._advance(self._taken)
         return data
+
+    def release(self, offset: int) -> None:
+        """Manual mode: every byte before `offset` (at most what was read) is done with
+        and may be acknowledged; the window moves on."""
+        self._advance(min(offset, self._taken))
+
+    def _advance(self, offset: int) -> None:
+        if offset <= self._read:
+            return
+        self._read = offset
+        if self._read - self._acked >= self.ack_every or self._read == self._taken == (
+            self._assembled
+        ):
+            self._ack_due = True
 
     def acknowledgement(self) -> Ack:
         """The current acknowledgement (also what to resume from after a reconnect)."""

@@ -536,6 +536,30 @@ class Acknowledge(Body):
 
 @_body
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ResetStream(Body):
+    """The sender abandons stream `stream_id` (one it sends): no more data will come, and
+    what did not arrive is lost. `code` is a close reason naming why."""
+
+    KIND: ClassVar[str] = "reset_stream"
+    stream_id: int = field(metadata=_w(U63_))
+    code: int = field(metadata=_w(_Int(0, 65535)))
+    text: str = field(default="", metadata=_w(FREE_TEXT))
+
+
+@_body
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StopSending(Body):
+    """The receiver refuses the rest of stream `stream_id` (one the peer sends): the
+    sender stops and forgets it. `code` is a close reason naming why."""
+
+    KIND: ClassVar[str] = "stop_sending"
+    stream_id: int = field(metadata=_w(U63_))
+    code: int = field(metadata=_w(_Int(0, 65535)))
+    text: str = field(default="", metadata=_w(FREE_TEXT))
+
+
+@_body
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Close(Body):
     """The last message on a connection: a reason code (`appliance.bus.reasons`) and text."""
 

@@ -64,6 +64,9 @@ REASONS: tuple[Reason, ...] = (
     Reason(42, "window_exceeded", "Stream data beyond the window the receiver granted."),
     Reason(43, "limit_exceeded", "Too many subscriptions, streams or pending requests."),
     Reason(44, "bad_offset", "Stream data that contradicts the stream's offsets or its end."),
+    Reason(45, "no_destination", "A stream's destination node is not connected to the endpoint."),
+    Reason(46, "stream_expired", "A stream's receiver did not come back within the keep time."),
+    Reason(47, "sender_gone", "A stream's sender went away before the stream's end."),
     # 50-59: relaying between endpoints
     Reason(50, "hop_limit", "A relayed message exceeded the hop limit (a link loop)."),
     Reason(51, "link_refused", "A link to another endpoint was refused (loop, same endpoint)."),

@@ -40,6 +40,8 @@ from appliance.bus.messages import (
     Record,
     Reply,
     Request,
+    ResetStream,
+    StopSending,
     Subscribe,
     Welcome,
     Will,
@@ -134,6 +136,16 @@ GOLDEN: list[tuple[str, str, Message]] = [
                 time_us=123_456,
             )
         ),
+    ),
+    (
+        "reset_stream",
+        "The sender abandons stream 5: its sender went away (the endpoint's relay says so).",
+        Message(ResetStream(stream_id=5, code=47, text="sensor-1 went away")),
+    ),
+    (
+        "stop_sending",
+        "The receiver refuses the rest of stream 5: its destination never came back.",
+        Message(StopSending(stream_id=5, code=46, text="dashboard did not come back in 60 s")),
     ),
     (
         "query",

@@ -75,6 +75,8 @@ def test_kinds_are_unique_and_named_as_registered() -> None:
         "deregister",
         "query",
         "query_result",
+        "reset_stream",
+        "stop_sending",
     }
 
 
