@@ -66,7 +66,7 @@ from appliance.bus.events import (
     Subscribed,
     Unsubscribed,
 )
-from appliance.bus.flow import FlowError, SlowConsumer, StreamSender
+from appliance.bus.flow import FlowError, SlowConsumer, StreamReceiver, StreamSender
 from appliance.bus.principal import Authenticate, BusPrincipal
 from appliance.bus.reasons import BY_CODE, FrameError, LocalProtocolError, MessageError, reason_for
 from appliance.bus.streams import Streams
@@ -559,6 +559,14 @@ class Connection:
 
     def stream_writable(self, stream_id: int) -> int:
         return self._streams.sender(stream_id).writable
+
+    def stream_sending(self, stream_id: int) -> bool:
+        """Is `stream_id` a stream this side sends (open, not yet done)?"""
+        return self._streams.sending(stream_id)
+
+    def stream_receiving(self, stream_id: int) -> StreamReceiver | None:
+        """The receiving end of a stream the peer sends, while it is not fully read."""
+        return self._streams.receiving(stream_id)
 
     def stream_read(self, stream_id: int, max_bytes: int | None = None) -> bytes:
         """Take readable bytes of a stream the peer sends; this is what acknowledges them

@@ -355,6 +355,11 @@ class StreamReceiver:
         return 0
 
     @property
+    def final(self) -> int | None:
+        """The stream's length, once its end arrived."""
+        return self._final
+
+    @property
     def taken(self) -> int:
         """One past the last byte `read` handed out (the next read starts here)."""
         return self._taken
@@ -379,8 +384,10 @@ class StreamReceiver:
         if offset <= self._read:
             return
         self._read = offset
-        if self._read - self._acked >= self.ack_every or self._read == self._taken == (
-            self._assembled
+        if (
+            self.manual_release  # a release is the application's acknowledgement: sent now
+            or self._read - self._acked >= self.ack_every
+            or self._read == self._taken == self._assembled
         ):
             self._ack_due = True
 

@@ -56,6 +56,10 @@ class Limits:
     expire_interval: float = 0.05  # how late a `timeout` reply may be
     retained_count: int = 10_000
     retained_bytes: int = 16 << 20
+    ping_timeout: float = 60.0  # no frame for this long: closed with ping_timeout
+    stream_buffer: int = 256 << 10  # bytes a stream relay holds unacknowledged
+    stream_keep: float = 60.0  # how long a relay waits for its destination to come back
+    max_relays: int = 256
 
 
 class Signal:
@@ -186,7 +190,8 @@ class Peer:
         return b"".join(chunks)
 
     async def _watch(self) -> None:
-        """The connection's deadlines: the hello, the closing handshake, its requests."""
+        """The connection's deadlines: the hello, liveness (a peer that sends nothing,
+        not even a ping, for `ping_timeout` is closed), the closing handshake, requests."""
         limits = self.limits
         opened = trio.current_time()
         while True:
@@ -197,6 +202,13 @@ class Peer:
             if self.closing_since is not None and now - self.closing_since >= limits.close_grace:
                 self.scope.cancel()  # the peer did not answer our close: hang up
                 return
+            heard = conn.last_received_us
+            if conn.state is State.ESTABLISHED and heard is not None:
+                silent = now - heard / 1_000_000
+                if silent >= limits.ping_timeout and self.close_request is None:
+                    self.request_close(
+                        "ping_timeout", f"nothing received for {limits.ping_timeout:g} s"
+                    )
             conn.tick(now_us())  # forget requests to it whose caller gave up
             wake = []
             if conn.state is State.HELLO and self.close_request is None:

@@ -21,6 +21,8 @@ its packets repeats; the head of a receiving stream's first packet is kept and r
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from appliance.bus import messages as m
 from appliance.bus.events import StreamAcked, StreamData, StreamReset, StreamStopped
 from appliance.bus.flow import FlowError, StreamReceiver, StreamSender
@@ -28,6 +30,7 @@ from appliance.bus.flow import Packet as FlowPacket
 from appliance.bus.reasons import BY_CODE, LocalProtocolError, reason_for
 
 NO_HEAD = m.Head()
+MAX_REMEMBERED_STOPS = 64
 Outgoing = tuple[m.Body, m.Head]
 
 
@@ -51,6 +54,8 @@ class Streams:
         self._fins: set[int] = set()  # receiving streams whose end arrived
         self._resets: set[int] = set()  # receiving streams the peer abandoned
         self._times: dict[int, int] = {}  # stream -> its last packet's time_us, to echo
+        # Streams we refused (stop_sending): their packets still in flight are dropped.
+        self._stopped: OrderedDict[int, None] = OrderedDict()
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -144,6 +149,9 @@ class Streams:
     ) -> tuple[StreamData | None, m.Acknowledge | None]:
         receiver = self._receivers.get(packet.stream_id)
         if receiver is None:
+            if packet.stream_id in self._stopped and packet.offset > 0:
+                return None, None  # in flight when we refused it: dropped
+            self._stopped.pop(packet.stream_id, None)
             if len(self._receivers) >= self.max_streams:
                 raise FlowError("limit_exceeded", "streams", f"at most {self.max_streams} streams")
             receiver = StreamReceiver(
@@ -212,6 +220,9 @@ class Streams:
         if self._receivers.get(stream_id) is None:
             return None
         self._forget(stream_id)
+        self._stopped[stream_id] = None
+        while len(self._stopped) > MAX_REMEMBERED_STOPS:
+            self._stopped.popitem(last=False)
         body = m.StopSending(stream_id=stream_id, code=reason_for(reason).code, text=text)
         return body, NO_HEAD
 

@@ -184,6 +184,17 @@ class BusSettings:
     max_bad_crc: int = setting(
         3, parse_int(1, 1000), "Bad checksums in a row before a bus connection is cut off."
     )
+    ping_timeout_s: float = setting(
+        60.0, parse_float(1.0, 3600.0), "A bus connection silent this long is closed."
+    )
+    stream_keep_s: float = setting(
+        60.0,
+        parse_float(0.1, 86400.0),
+        "How long a bus stream's unacknowledged data waits for its receiver to come back.",
+    )
+    stream_buffer: int = setting(
+        256 << 10, parse_int(4096, 64 << 20), "Bytes a bus stream relay holds unacknowledged."
+    )
 
 
 @dataclass(frozen=True)
