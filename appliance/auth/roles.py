@@ -28,6 +28,9 @@ class Principal:
     role: str
     via_session: bool = False
     session_csrf: str = ""
+    # The token's own bus topic patterns; None: its role's (appliance/bus/principal.py).
+    bus_publish: tuple[str, ...] | None = None
+    bus_subscribe: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:

@@ -3,6 +3,11 @@
 A token is looked up by its hash, so the secret never sits in the store and a stolen
 backup does not hand out access. Each token has a role and optionally an expiry; revoking
 keeps the record (for the audit trail) and refuses the token from then on.
+
+A token may carry its own bus topic patterns (`bus_publish`, `bus_subscribe`), which
+replace its role's defaults on the bus and never exceed them; they are checked when the
+token is created (`TokenPatternError`, see appliance/bus/principal.py). Records written
+before these fields existed read as None: the role's defaults.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance.auth.errors import Unauthenticated
 from appliance.auth.roles import ROLES, Principal
+from appliance.bus.principal import check_token_patterns
 from appliance.store import Store, WriteTxn, pack_key
 
 PREFIX = "apl_"
@@ -34,6 +40,8 @@ class TokenRecord:
     expires_at: float | None = None
     revoked_at: float | None = None
     created_by: str = ""
+    bus_publish: list[str] | None = None
+    bus_subscribe: list[str] | None = None
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,10 +80,19 @@ class TokenStore:
 
     @staticmethod
     def creation(
-        name: str, role: str, *, ttl_s: float | None = None, created_by: str = ""
+        name: str,
+        role: str,
+        *,
+        ttl_s: float | None = None,
+        created_by: str = "",
+        bus_publish: Sequence[str] | None = None,
+        bus_subscribe: Sequence[str] | None = None,
     ) -> tuple[Callable[[WriteTxn], TokenRecord], str]:
-        """A write function that stores a new token, and the token string itself."""
+        """A write function that stores a new token, and the token string itself.
+        ValueError for a bad name, role or ttl; TokenPatternError (a ValueError with a
+        `code`) for bus patterns that are malformed or exceed the role."""
         validate_new(name, role, ttl_s)
+        check_token_patterns(role, bus_publish, bus_subscribe)
         token_id, token = new_token()
         now = time.time()
         record = TokenRecord(
@@ -85,6 +102,8 @@ class TokenStore:
             created_at=now,
             expires_at=now + ttl_s if ttl_s is not None else None,
             created_by=created_by,
+            bus_publish=list(bus_publish) if bus_publish is not None else None,
+            bus_subscribe=list(bus_subscribe) if bus_subscribe is not None else None,
         )
 
         def write(txn: WriteTxn) -> TokenRecord:
@@ -141,7 +160,14 @@ class TokenStore:
             raise Unauthenticated("token revoked")
         if not record.usable(time.time()):
             raise Unauthenticated("token expired")
-        return Principal(token_id=record.id, name=record.name, role=record.role, **extra)
+        return Principal(
+            token_id=record.id,
+            name=record.name,
+            role=record.role,
+            bus_publish=_patterns(record.bus_publish),
+            bus_subscribe=_patterns(record.bus_subscribe),
+            **extra,
+        )
 
     # First start.
 
@@ -165,6 +191,10 @@ class TokenStore:
             return False
         write_secret_file(path, token)
         return True
+
+
+def _patterns(texts: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(texts) if texts is not None else None
 
 
 def write_secret_file(path: Path, secret: str) -> None:

@@ -16,6 +16,7 @@ endpoint's reason.
 
     BusClientError
     ├── ConnectionClosed     the connection ended (`code`, `reason`, `text`)
+    ├── ServiceError         raised by a handler: the error reply's text is `code: detail`
     └── RequestFailed        the reply was not ok (`status`, `text`)
         ├── NoResponders     nobody serves the topic (or the responder went away)
         └── RequestTimeout   no reply within the timeout (the endpoint's or ours)
@@ -23,6 +24,7 @@ endpoint's reason.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -30,16 +32,21 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from appliance.bus import events as ev
 from appliance.bus import messages as m
-from appliance.bus.connection import Connection, State
-from appliance.bus.reasons import BY_CODE
+from appliance.bus.connection import Connection, State, _clip
+from appliance.bus.reasons import BY_CODE, LocalProtocolError
+
+if TYPE_CHECKING:
+    from appliance.bus.client_streams import StreamReader, StreamWriter
 
 DEFAULT_TIMEOUT = 10.0  # connecting, each write, a request without its own timeout
 SUBSCRIPTION_BUFFER = 256  # delivered messages held for one subscription's iterator
+PING_INTERVAL = 15.0  # seconds between keep-alive pings
 
 
 class BusClientError(Exception):
@@ -50,6 +57,15 @@ class ConnectionClosed(BusClientError):
     def __init__(self, code: int, reason: str, text: str) -> None:
         super().__init__(f"{reason} ({code}): {text}" if text else f"{reason} ({code})")
         self.code, self.reason, self.text = code, reason, text
+
+
+class ServiceError(BusClientError):
+    """What a request handler raises to answer with an error reply whose text is exactly
+    `<code>: <detail>` (any other exception answers `<ExceptionType>: <message>`)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail = code, detail
 
 
 class RequestFailed(BusClientError):
@@ -84,6 +100,7 @@ class IncomingRequest:
     data: bytes
     headers: dict[str, str]
     source: str | None
+    deadline: float = math.inf  # trio time when the caller stops waiting
 
 
 Handler = Callable[[IncomingRequest], Awaitable[bytes]]
@@ -123,6 +140,7 @@ class _Waiter:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.reply: m.Reply | None = None
+        self.nodes: tuple[m.NodeRecord, ...] | None = None  # a query's answer
 
 
 class BusClient:
@@ -136,9 +154,14 @@ class BusClient:
         self._subscriptions: dict[int, Subscription] = {}
         self._handlers: dict[int, Handler] = {}
         self._waiters: dict[int, _Waiter] = {}
+        self._queries: dict[int, _Waiter] = {}
         self._established = trio.Event()
+        self._ended = trio.Event()
         self.closed: ConnectionClosed | None = None
         self.endpoint: m.NodeRecord | None = None
+        from appliance.bus.client_streams import ClientStreams  # it imports this module
+
+        self._streams = ClientStreams(self)
 
     @classmethod
     async def connect(
@@ -155,17 +178,33 @@ class BusClient:
         in `trio.fail_after` for less); the reader runs in `nursery`. ConnectionClosed if
         the endpoint refuses (a bad token: `unauthenticated`)."""
         with trio.fail_after(DEFAULT_TIMEOUT):
-            stream = await _open_stream(target)
+            stream = await open_transport(target)
+            return await cls.over(nursery, stream, token, name=name, labels=labels, will=will)
+
+    @classmethod
+    async def over(
+        cls,
+        nursery: trio.Nursery,
+        stream: trio.abc.Stream,
+        token: str | None,
+        *,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        will: m.Will | None = None,
+    ) -> BusClient:
+        """`connect` over a stream already open (`BusEndpoint.connect_internal`'s)."""
+        with trio.fail_after(DEFAULT_TIMEOUT):
             node = None
             if name is not None:
                 host = m.Host(hostname=socket.gethostname() or "localhost", pid=os.getpid())
                 node = m.NodeRecord(name=name, labels=labels or {}, host=host)
-            client = cls(stream, Connection("client"), nursery)
+            client = cls(stream, Connection("client", manual_release=True), nursery)
             await client._write(client._conn.hello(token, node=node, will=will))
             nursery.start_soon(client._read)
             await client._established.wait()
         if client.closed is not None:
             raise client.closed
+        nursery.start_soon(client._keep_alive)
         return client
 
     # --- the API -------------------------------------------------------------------------
@@ -222,6 +261,22 @@ class BusClient:
         error = {"no_responders": NoResponders, "timeout": RequestTimeout}
         raise error.get(reply.status, RequestFailed)(reply.status, reply.error or "")
 
+    async def query(self, selector: str = "") -> tuple[m.NodeRecord, ...]:
+        """The node records of the endpoint's connections whose labels match `selector`
+        (`appliance.bus.selectors`; "" matches every node), within DEFAULT_TIMEOUT
+        (trio.TooSlowError). A bad selector: the endpoint closes the connection."""
+        query_id = next(self._ids)
+        waiter = self._queries[query_id] = _Waiter()
+        try:
+            await self._send(m.Query(id=query_id, selector=selector))
+            with trio.fail_after(DEFAULT_TIMEOUT):
+                await waiter.done.wait()
+        finally:
+            self._queries.pop(query_id, None)
+        if waiter.nodes is None:
+            raise self.closed or ConnectionClosed(1, "going_away", "the connection is gone")
+        return waiter.nodes
+
     async def serve(self, service: str, handler: Handler, *, group: str | None = None) -> None:
         """Answer requests to `svc.<service>` and `svc.<service>.<method...>` with
         `handler` (its return value is the reply's data; an exception, an error reply).
@@ -230,6 +285,51 @@ class BusClient:
             sid = next(self._sids)
             self._handlers[sid] = handler
             await self._send(m.Subscribe(sid=sid, pattern=pattern, group=group or service))
+
+    async def open_stream(self, destination: str) -> StreamWriter:
+        """Start a byte stream to node `destination` (relayed by the endpoint; see
+        `appliance.bus.client_streams`)."""
+        if self.closed is not None:
+            raise self.closed
+        return self._streams.open(destination)
+
+    async def accept_stream(self) -> StreamReader:
+        """The next stream another node sends to this one (waits; wrap it in a timeout)."""
+        return await self._streams.accept()
+
+    async def _stream_write(self, stream_id: int, data: bytes, *, fin: bool = False) -> int:
+        if self.closed is not None:
+            raise self.closed
+        async with self._send_lock:
+            taken = self._conn.stream_write(stream_id, data, fin=fin)
+            await self._write_locked(self._conn.data_to_send())
+        return taken
+
+    async def _stream_control(self, change: Callable[[Connection], None]) -> None:
+        """Apply a stream change (release, stop, reset) and send what it queued."""
+        if self.closed is not None:
+            return
+        async with self._send_lock:
+            change(self._conn)
+            await self._write_locked(self._conn.data_to_send())
+
+    async def _keep_alive(self) -> None:
+        """A ping every PING_INTERVAL, so that the endpoint's liveness check
+        (`ping_timeout`, 60 s) never closes an idle but healthy connection."""
+        while self.closed is None:
+            with trio.move_on_after(PING_INTERVAL):
+                await self._ended.wait()
+            if self._conn.state is not State.ESTABLISHED:
+                return
+            async with self._send_lock:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._write_locked(self._conn.ping())
+
+    async def wait_closed(self) -> ConnectionClosed:
+        """Return once the connection is over, with why it ended."""
+        await self._ended.wait()
+        assert self.closed is not None
+        return self.closed
 
     async def aclose(self) -> None:
         """Say goodbye (`normal`) and hang up."""
@@ -246,6 +346,11 @@ class BusClient:
         if self.closed is not None:
             raise self.closed
         async with self._send_lock:
+            # Waiting for the lock, the reader may have seen the endpoint's close.
+            if self.closed is not None:
+                raise self.closed
+            if self._conn.state in (State.CLOSING, State.CLOSED):  # its Closed event is next
+                raise ConnectionClosed(1, "going_away", "the connection is closing")
             data = self._conn.send(body)  # everything queued so far, in order
             await self._write_locked(data)
 
@@ -301,6 +406,13 @@ class BusClient:
                 if waiter is not None:
                     waiter.reply = reply
                     waiter.done.set()
+            case ev.StreamData() | ev.StreamAcked() | ev.StreamReset() | ev.StreamStopped():
+                self._streams.on_event(event)
+            case ev.QueryAnswered(result=result):
+                waiter = self._queries.get(result.id)
+                if waiter is not None:
+                    waiter.nodes = result.nodes
+                    waiter.done.set()
             case ev.RequestReceived(head=head, request=request, deadline_us=deadline_us):
                 handler = self._handlers.get(request.sid) if request.sid is not None else None
                 self._nursery.start_soon(self._answer, handler, head, request, deadline_us)
@@ -316,18 +428,27 @@ class BusClient:
         if handler is None:
             reply = m.Reply(id=request.id, status="error", error="no handler")
         else:
-            incoming = IncomingRequest(request.topic, request.data, request.headers, head.source)
+            deadline = trio.current_time() + request.timeout_us / 1_000_000
+            incoming = IncomingRequest(
+                request.topic, request.data, request.headers, head.source, deadline
+            )
             reply = None
-            with trio.move_on_after(request.timeout_us / 1_000_000):
+            with trio.move_on_at(deadline):
                 try:
                     reply = m.Reply(id=request.id, data=await handler(incoming))
                 except Exception as exc:  # the handler's failure is the caller's answer
-                    text = f"{type(exc).__name__}: {exc}"[: m.MAX_TEXT]
-                    reply = m.Reply(id=request.id, status="error", error=text)
+                    text = str(exc)
+                    if not isinstance(exc, ServiceError):
+                        text = f"{type(exc).__name__}: {text}"
+                    reply = m.Reply(id=request.id, status="error", error=_clip(text))
             if reply is None:
                 return  # the caller has stopped waiting; the endpoint answered `timeout`
         try:
             await self._send(reply)
+        except LocalProtocolError as exc:  # e.g. a reply over the endpoint's max_frame
+            error = _clip(f"reply_not_sent: {exc}")
+            with contextlib.suppress(LocalProtocolError, ConnectionClosed):
+                await self._send(m.Reply(id=request.id, status="error", error=error))
         except ConnectionClosed:
             pass
 
@@ -335,8 +456,10 @@ class BusClient:
         """The connection is over: wake everyone waiting on it."""
         if self.closed is None:
             self.closed = closed
+        self._streams.close()
         self._established.set()
-        for waiter in self._waiters.values():
+        self._ended.set()
+        for waiter in (*self._waiters.values(), *self._queries.values()):
             waiter.done.set()
         for sub in self._subscriptions.values():
             sub._error = None if closed.code == 0 else closed
@@ -373,7 +496,7 @@ async def open_client(
         raise refused
 
 
-async def _open_stream(target: str | os.PathLike[str]) -> trio.abc.Stream:
+async def open_transport(target: str | os.PathLike[str]) -> trio.abc.Stream:
     text = os.fspath(target)
     if text.startswith("tcp://"):
         host, _, port = text.removeprefix("tcp://").rpartition(":")

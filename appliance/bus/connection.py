@@ -106,6 +106,9 @@ SENDS: dict[str, frozenset[str]] = {
     "server": RECEIVES["client"] | {"welcome"},
     "client": RECEIVES["server"] | {"hello"},
 }
+# A link between two endpoints: each side subscribes, delivers, publishes and queries.
+LINK_KINDS = RECEIVES["server"] | RECEIVES["client"]
+LINK_ROLES = frozenset({"admin", "operator"})  # tokens that may link an endpoint
 
 
 def _monotonic_us() -> int:
@@ -164,8 +167,10 @@ class Connection:
         self.version: int | None = None  # negotiated
         self.principal: BusPrincipal | None = None  # server: the authenticated peer
         self.peer_node: m.NodeRecord | None = None
+        self.link = False  # established as a link between endpoints (hello.link)
         self.peer_max_frame = max_frame
         self._offered: frozenset[int] = frozenset()  # client: the hello's versions
+        self._link_offered = False  # client: the hello asked for a link
         self._outbox: list[bytes] = []
         self._close_sent: m.Close | None = None
         self._next_ping = 0
@@ -220,7 +225,7 @@ class Connection:
         kind = message.kind
         if self._state in (State.CLOSING, State.CLOSED):
             raise LocalProtocolError(f"send({kind}) after close")
-        if kind not in SENDS[self.role]:
+        if kind not in SENDS[self.role] and not (self.link and kind in LINK_KINDS):
             raise LocalProtocolError(f"a {self.role} does not send {kind}")
         if kind in ("welcome", "close", "packet", "ack", "reset_stream", "stop_sending"):
             raise LocalProtocolError(f"{kind} is sent by the connection itself")
@@ -232,6 +237,7 @@ class Connection:
         body = message.body
         if isinstance(body, m.Hello):
             self._offered = frozenset(body.versions)
+            self._link_offered = body.link
         elif isinstance(body, m.Ping):
             if len(self._pings) >= MAX_OUTSTANDING_PINGS:
                 self._pings.pop(next(iter(self._pings)))
@@ -253,10 +259,12 @@ class Connection:
         *,
         node: m.NodeRecord | None = None,
         will: m.Will | None = None,
+        link: bool = False,
     ) -> bytes:
-        """Client: send the hello, offering every version in `versions`."""
+        """Client: send the hello, offering every version in `versions`; `link` when this
+        side is an endpoint linking to another (then `node` is this endpoint's)."""
         versions = tuple(sorted(self.versions, reverse=True))
-        return self.send(m.Hello(versions=versions, token=token, node=node, will=will))
+        return self.send(m.Hello(versions=versions, token=token, node=node, will=will, link=link))
 
     def ping(self) -> bytes:
         """Send a ping stamped with the clock; the pong reports the RTT."""
@@ -366,7 +374,7 @@ class Connection:
             else:
                 self._violation("unexpected_message", f"{kind} before the welcome", events)
             return
-        if kind not in RECEIVES[self.role]:
+        if kind not in RECEIVES[self.role] and not (self.link and kind in LINK_KINDS):
             self._violation("unexpected_message", f"a {self.role} does not take {kind}", events)
             return
         handler = getattr(self, f"_on_{kind}")
@@ -389,7 +397,18 @@ class Connection:
             why = "no token" if hello.token is None else "token refused"
             self._violation("unauthenticated", why, events)
             return
-        self.principal, self.peer_node = principal, hello.node
+        if hello.link and (hello.node is None or principal.role not in LINK_ROLES):
+            why = (
+                "a link names its endpoint's node"
+                if hello.node is None
+                else (f"a {principal.role} token may not link an endpoint")
+            )
+            self._violation("link_refused" if hello.node is None else "forbidden", why, events)
+            return
+        if hello.link and self.node is not None and hello.node.name == self.node.name:
+            self._violation("link_refused", f"{self.node.name} would link to itself", events)
+            return
+        self.principal, self.peer_node, self.link = principal, hello.node, hello.link
         welcome = m.Welcome(
             version=version,
             connection=self.connection_id,
@@ -402,7 +421,9 @@ class Connection:
         )
         self._queue(welcome, reply_head)
         self._establish(version)
-        events.append(Established(version, self.connection_id, principal, hello.node, hello.will))
+        events.append(
+            Established(version, self.connection_id, principal, hello.node, hello.will, hello.link)
+        )
 
     def _on_welcome(self, welcome: m.Welcome, events: list[Event]) -> None:
         if welcome.version not in self._offered:
@@ -413,8 +434,16 @@ class Connection:
         self.connection_id = welcome.connection
         self.peer_max_frame = welcome.max_frame
         self.peer_node = welcome.node
+        if self._link_offered:  # we dialed another endpoint: it is trusted like ourselves
+            name = welcome.node.name if welcome.node else "endpoint"
+            self.principal = BusPrincipal.for_role(f"link:{name}", "admin")
+            self.link = True
         self._establish(welcome.version)
-        events.append(Established(welcome.version, welcome.connection, None, welcome.node))
+        events.append(
+            Established(
+                welcome.version, welcome.connection, self.principal, welcome.node, None, self.link
+            )
+        )
 
     def _establish(self, version: int) -> None:
         self.version = version

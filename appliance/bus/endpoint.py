@@ -34,26 +34,49 @@ import errno
 import itertools
 import logging
 import os
+import random
+import secrets
 import socket
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cbor2
 import trio
 
 from appliance.bus import events as ev
 from appliance.bus import messages as m
+from appliance.bus.client import open_transport
 from appliance.bus.codec import DEFAULT_MAX_BAD_CRC, DEFAULT_MAX_FRAME
 from appliance.bus.connection import Connection
 from appliance.bus.flow import Offer, SlowConsumer, SubscriberQueue
+from appliance.bus.links import LinkInterest
 from appliance.bus.peer import Limits, Peer, Signal, now_us
-from appliance.bus.principal import Authenticate
+from appliance.bus.principal import Authenticate, BusPrincipal
+from appliance.bus.relay import StreamRelays
 from appliance.bus.retained import RetainedStore
 from appliance.bus.router import Delivery, RouteError, Router, Send
 from appliance.bus.selectors import SelectorError
-from appliance.bus.topics import TopicError
+from appliance.bus.stats import BusStats
+from appliance.bus.topics import TopicError, split_topic
 
 log = logging.getLogger("appliance.bus")
+
+LINK_RETRY_FIRST = 0.5  # seconds before redialing a link, doubling up to LINK_RETRY_MAX
+LINK_RETRY_MAX = 30.0
+LINK_PING_INTERVAL = 15.0
+ENDPOINT_CONNECTION = 0  # connection ids start at 1: 0 is the endpoint publishing itself
+
+
+class MessageTooLarge(ValueError):
+    """`BusEndpoint.publish`: the message would not fit in a frame to a subscriber."""
+
+    code = "message_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the message needs a {size}-byte frame body; the bus takes {limit}")
+        self.size, self.limit = size, limit
 
 
 @dataclass(frozen=True)
@@ -75,8 +98,13 @@ class BusEndpoint:
         max_frame: int = DEFAULT_MAX_FRAME,
         max_bad_crc: int = DEFAULT_MAX_BAD_CRC,
         limits: Limits | None = None,
+        links: Sequence[str] = (),
+        link_token: str | None = None,
     ) -> None:
         self.node = node
+        self.link_urls = tuple(links)
+        self._link_token = link_token
+        self.link_status: dict[str, str] = {url: "connecting" for url in self.link_urls}
         self.unix_path = unix_path
         self.tcp = tcp
         self.limits = limits = limits or Limits()
@@ -90,6 +118,16 @@ class BusEndpoint:
             ),
         )
         self.peers: dict[int, Peer] = {}
+        self.interest = LinkInterest(self.router, self.peers)
+        self.relays = StreamRelays(
+            self.peers,
+            self.router.node_connection,
+            trio.current_time,
+            buffer=limits.stream_buffer,
+            keep=limits.stream_keep,
+            max_relays=limits.max_relays,
+        )
+        self.stats = BusStats(clock=trio.current_time)
         self.addresses = Addresses(None, None)
         self._ids = itertools.count(1)
         self._request_routed = Signal()
@@ -98,6 +136,7 @@ class BusEndpoint:
         self._stopping = False
         self._no_peers = trio.Event()
         self.tcp_error: str | None = None
+        self._nursery: trio.Nursery | None = None  # the connections' (connect_internal)
 
     now_us = staticmethod(now_us)
 
@@ -116,6 +155,10 @@ class BusEndpoint:
                 accept = trio.CancelScope()
                 nursery.start_soon(self._accept, listeners, nursery, accept)
                 nursery.start_soon(self._expire_requests)
+                nursery.start_soon(self._expire_relays)
+                for url in self.link_urls:
+                    nursery.start_soon(self._dial, url)
+                self._nursery = nursery
                 task_status.started(self.addresses)
                 await self._stop.wait()
                 await self._shut_down(accept)
@@ -166,23 +209,104 @@ class BusEndpoint:
     def health(self) -> tuple[str, str]:
         where = ", ".join(a for a in (self.addresses.unix, self.addresses.tcp) if a)
         detail = f"{where}; {len(self.peers)} connections"
+        # A link down is reported, not degraded: the box serves its own clients all the
+        # same, and a degraded health would hold back an OTA commit for a far box's sake.
+        links = [f"link {url}: {s}" for url, s in self.link_status.items()]
+        if links:
+            detail = f"{detail}; {'; '.join(links)}"
         if self.tcp_error is not None:
             return "degraded", f"{self.tcp_error}; {detail}"
         return "ok", detail
 
     # --- one connection ----------------------------------------------------------------------
 
-    async def _connection(self, stream: trio.abc.Stream) -> None:
+    def connect_internal(self, principal: BusPrincipal) -> tuple[trio.SocketStream, str]:
+        """A connection for a service in this process (appliance/bus/services.py): one end
+        of a socket pair is served like any accepted connection, whose hello is accepted
+        once, with the one-time secret returned beside the other end, as `principal`. No
+        file, no port, no token on disk. RuntimeError unless the endpoint is serving."""
+        if self._nursery is None or self._stopping:
+            raise RuntimeError("the bus endpoint is not serving")
+        ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        secret = secrets.token_urlsafe(32)
+        unused = [secret.encode()]
+
+        def authenticate(token: str | None) -> BusPrincipal | None:
+            if unused and token is not None and secrets.compare_digest(token.encode(), unused[0]):
+                unused.clear()
+                return principal
+            return None
+
+        async def serve_then_hang_up(stream: trio.SocketStream) -> None:
+            async with stream:  # as serve_listeners does for accepted connections
+                await self._connection(stream, authenticate)
+
+        self._nursery.start_soon(serve_then_hang_up, trio.SocketStream(ours))
+        return trio.SocketStream(theirs), secret
+
+    # --- links: dialing another endpoint ------------------------------------------------
+
+    async def _dial(self, url: str) -> None:
+        """Keep a link to the endpoint at `url` (tcp://HOST:PORT): connect, say hello as
+        a link with `link_token`, serve it like any connection, and when it ends try
+        again after a jittered backoff (0.5 s doubling to 30 s; reset once established)."""
+        delay = LINK_RETRY_FIRST
+        while not self._stopping:
+            try:
+                with trio.fail_after(self.limits.hello_timeout):
+                    stream = await open_transport(url)
+            except (OSError, trio.TooSlowError) as exc:
+                self.link_status[url] = f"unreachable: {exc or type(exc).__name__}"
+            else:
+                conn = Connection(
+                    "client",
+                    clock=self.now_us,
+                    connection_id=next(self._ids),
+                    node=self.node,
+                    max_frame=self._max_frame,
+                    max_bad_crc=self._max_bad_crc,
+                    manual_release=True,
+                )
+                peer = Peer(conn, stream, self.limits)
+                peer.link_url = url
+                async with stream, trio.open_nursery() as nursery:
+                    await stream.send_all(conn.hello(self._link_token, node=self.node, link=True))
+                    nursery.start_soon(self._ping, peer)
+                    await self._run(peer)
+                    nursery.cancel_scope.cancel()
+                if peer.established:
+                    delay = LINK_RETRY_FIRST
+                closed = peer.closed
+                why = f"{closed.reason}: {closed.text}" if closed else peer.cut or "hung up"
+                self.link_status[url] = f"disconnected ({why})"
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, LINK_RETRY_MAX)
+
+    async def _ping(self, peer: Peer) -> None:
+        """Liveness on a dialed link: the far side closes one silent for `ping_timeout`."""
+        for seq in itertools.count():
+            await trio.sleep(min(LINK_PING_INTERVAL, self.limits.ping_timeout / 3))
+            if peer.established:
+                peer.queue_control(m.Message(m.Ping(seq=seq, time_us=self.now_us())))
+
+    async def _connection(
+        self, stream: trio.abc.Stream, authenticate: Authenticate | None = None
+    ) -> None:
         conn = Connection(
             "server",
-            authenticate=self._authenticate,
+            authenticate=authenticate or self._authenticate,
             clock=self.now_us,
             connection_id=next(self._ids),
             node=self.node,
             max_frame=self._max_frame,
             max_bad_crc=self._max_bad_crc,
+            manual_release=True,  # stream relays acknowledge what they took (relay.py)
         )
-        peer = Peer(conn, stream, self.limits)
+        await self._run(Peer(conn, stream, self.limits))
+
+    async def _run(self, peer: Peer) -> None:
+        """Serve one connection (accepted, internal or a dialed link) until it ends."""
+        self.stats.connected(peer.id, *_transport(peer.stream))
         if self._stopping:
             peer.request_close("going_away", "the appliance is stopping")
         self.peers[peer.id] = peer
@@ -194,13 +318,20 @@ class BusEndpoint:
     def _forget(self, peer: Peer) -> None:
         """The connection is over: detach it, answer its callers, publish its will."""
         del self.peers[peer.id]
+        self.stats.disconnected(peer.id)
         if not self.peers:
             self._no_peers.set()
         peer.room.set()  # publishers waiting for it give up
         if not peer.established:
             return
+        was_link = self.router.is_link(peer.id)
         for send in self.router.detach(peer.id):
             self._send(send)
+        self.relays.on_gone(peer)
+        if was_link:
+            self.interest.forget(peer.id)
+            log.info("bus link %d to %s ended", peer.id, _node_name(peer))
+        self.interest.sync()  # its subscriptions no longer count on the other links
         closed = peer.closed
         will_due = peer.cut is not None or closed is None or closed.will_due
         if peer.will is not None and will_due and not self._stopping:
@@ -212,8 +343,10 @@ class BusEndpoint:
             )
             node = peer.conn.peer_node
             head = m.Head(source=node.name if node else None)
-            for delivery in self.router.publish(peer.id, publish, head).deliveries:
-                if self._offer(delivery) is not None:  # cleaning up: no waiting
+            deliveries = self.router.publish(peer.id, publish, head).deliveries
+            self.stats.published(None, publish.topic, len(publish.data), deliveries=len(deliveries))
+            for delivery in deliveries:
+                if self._offer(delivery) is Offer.FULL:  # cleaning up: no waiting
                     log.warning(
                         "bus: the will of connection %d was not queued for connection %d "
                         "(its block subscription %d is full)",
@@ -226,21 +359,44 @@ class BusEndpoint:
 
     async def _on_event(self, peer: Peer, event: ev.Event) -> None:
         match event:
-            case ev.Established(node=node, will=will):
+            case ev.Established(node=node, will=will, principal=principal, link=link):
                 try:
-                    self.router.attach(peer.id, node=node)
+                    self.router.attach(peer.id, node=node, link=link)
                 except RouteError as exc:
-                    peer.request_close(exc.code, str(exc))
+                    if link:  # linked already (both ways, or twice): a loop
+                        peer.request_close("link_refused", f"already linked: {exc}")
+                    else:
+                        peer.request_close(exc.code, str(exc))
                     return
                 peer.established, peer.will = True, will
+                self.relays.on_established(peer)
+                if link:
+                    log.info("bus link %d to %s established", peer.id, _node_name(peer))
+                    if peer.link_url is not None:  # one we dialed
+                        self.link_status[peer.link_url] = "connected"
+                    self.interest.sync()
+                self.stats.established(
+                    peer.id,
+                    node=node.name if node else None,
+                    principal=principal.name if principal else None,
+                    role=principal.role if principal else None,
+                )
             case ev.Published(head=head, publish=publish):
-                for delivery in self.router.publish(peer.id, publish, head).deliveries:
+                deliveries = self.router.publish(peer.id, publish, head).deliveries
+                self.stats.published(
+                    peer.id, publish.topic, len(publish.data), deliveries=len(deliveries)
+                )
+                for delivery in deliveries:
                     await self._deliver(delivery)
             case ev.Subscribed(sid=sid, pattern=pattern, group=group, policy=policy):
                 await self._subscribe(peer, sid, pattern, group, policy)
             case ev.Unsubscribed(sid=sid):
                 self.router.unsubscribe(peer.id, sid)
                 peer.queues.pop(sid, None)
+                self.interest.sync()
+            case ev.Delivered(head=head, deliver=deliver):  # from a link: relay it here
+                for delivery in self.interest.deliveries(peer, head, deliver):
+                    await self._deliver(delivery)
             case ev.RequestReceived(head=head, request=request):
                 route = self.router.request(peer.id, request, head, now_us=self.now_us())
                 if route.message.kind == "request":  # to a responder: the router waits
@@ -269,10 +425,18 @@ class BusEndpoint:
                         "peer" if event.by_peer else "endpoint",
                         event.text,
                     )
+            case ev.StreamData():
+                self.relays.on_stream_data(peer, event)
+            case ev.StreamAcked():
+                self.relays.on_stream_acked(peer, event)
+            case ev.StreamReset():
+                self.relays.on_stream_reset(peer, event)
+            case ev.StreamStopped():
+                self.relays.on_stream_stopped(peer, event)
             case ev.FrameDropped(reason=reason, text=text):
                 log.debug("bus connection %d dropped a frame: %s: %s", peer.id, reason, text)
             case _:
-                pass  # pongs, streams and discovery registration: not routed yet
+                pass  # pongs and discovery registration: nothing to route
 
     async def _subscribe(
         self, peer: Peer, sid: int, pattern, group: str | None, policy: SlowConsumer
@@ -288,6 +452,7 @@ class BusEndpoint:
                 "limit_exceeded" if exc.code.startswith("too_many") else "bad_message", str(exc)
             )
             return
+        self.interest.sync()
         for delivery in retained:
             await self._deliver(delivery)
 
@@ -296,9 +461,10 @@ class BusEndpoint:
         if target is not None:
             target.queue_control(send.message)
 
-    def _offer(self, delivery: Delivery) -> tuple[Peer, SubscriberQueue[m.Message]] | None:
-        """Queue a delivery if its subscriber is there; returns it when the queue is full
-        and the policy is `block` (the caller waits or gives up)."""
+    def _offer(self, delivery: Delivery) -> Offer | None:
+        """Offer a delivery to its subscription's queue (counted in `stats`): what the
+        queue did, FULL when the policy is `block` (the caller waits or gives up), None
+        when the subscriber is gone."""
         peer = self.peers.get(delivery.connection)
         queue = peer.queues.get(delivery.sid) if peer is not None else None
         if peer is None or queue is None or not peer.alive:
@@ -307,27 +473,64 @@ class BusEndpoint:
         assert isinstance(body, m.Deliver)
         outcome = queue.offer(body.topic, delivery.message, len(body.data))
         peer.wake.set()
-        return (peer, queue) if outcome is Offer.FULL else None
+        if outcome is not Offer.FULL:
+            if outcome is not Offer.DROPPED:
+                self.stats.delivered(delivery.connection, len(body.data))
+            if outcome is not Offer.ACCEPTED:  # refused, or replaced a queued value
+                self.stats.dropped(delivery.connection, body.topic)
+        return outcome
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        """Queue a delivery; for a `block` subscription wait for room, at most
-        `stuck_timeout`, then cut the subscriber off as a slow consumer."""
-        full = self._offer(delivery)
-        if full is None:
-            return
-        peer, queue = full
-        body = delivery.message.body
-        assert isinstance(body, m.Deliver)
+    async def _deliver(self, delivery: Delivery) -> bool:
+        """Queue a delivery (True: queued); for a `block` subscription wait for room, at
+        most `stuck_timeout`, then cut the subscriber off as a slow consumer."""
+        outcome = self._offer(delivery)
+        if outcome is not Offer.FULL:
+            return outcome is Offer.ACCEPTED or outcome is Offer.REPLACED
+        peer = self.peers[delivery.connection]
         with trio.move_on_after(self.limits.stuck_timeout):
             while peer.alive and delivery.sid in peer.queues:
                 await peer.room.wait()
-                if queue.offer(body.topic, delivery.message, len(body.data)) is not Offer.FULL:
-                    peer.wake.set()
-                    return
-            return
+                outcome = self._offer(delivery)
+                if outcome is not Offer.FULL:
+                    return outcome is Offer.ACCEPTED
+            return False
         peer.cut_off(
             "slow_consumer", f"a block subscription stayed full {self.limits.stuck_timeout} s"
         )
+        return False
+
+    # --- publishing as the endpoint (the HTTP API) -------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: bytes = b"",
+        *,
+        retain: bool = False,
+        headers: dict[str, str] | None = None,
+        source: str | None = None,
+    ) -> int:
+        """Publish as the endpoint itself: routed and queued like a connection's publish
+        (a full `block` subscriber is waited for at most `stuck_timeout`, then cut off).
+        Returns how many deliveries were queued. `source` (default: the endpoint's node
+        name) is the delivered head's source. TopicError `invalid_topic`; InvalidMessage
+        for bad headers or source; MessageTooLarge when a subscriber's frame would be
+        over `max_frame`."""
+        split_topic(topic)
+        publish = m.Publish(topic=topic, data=data, retain=retain, headers=headers or {})
+        head = m.Head(source=source or self.node.name)
+        largest = m.Deliver(
+            sid=m.U63, topic=topic, data=data, gap=m.U63, retained=True, headers=publish.headers
+        )
+        size = len(cbor2.dumps(m.Message(largest, head).to_wire()))
+        if size > self._max_frame:
+            raise MessageTooLarge(size, self._max_frame)
+        deliveries = self.router.publish(ENDPOINT_CONNECTION, publish, head).deliveries
+        self.stats.published(None, topic, len(data), deliveries=len(deliveries))
+        queued = 0
+        for delivery in deliveries:
+            queued += await self._deliver(delivery)
+        return queued
 
     # --- request deadlines -------------------------------------------------------------------
 
@@ -342,6 +545,20 @@ class BusEndpoint:
                 await self._request_routed.wait()
             for send in self.router.expire(self.now_us()):
                 self._send(send)
+
+    async def _expire_relays(self) -> None:
+        """Drop stream relays whose destination stayed away `stream_keep` seconds (checked
+        at a tenth of it, at least every second; so at most that late)."""
+        interval = min(1.0, self.limits.stream_keep / 10)
+        while True:
+            await trio.sleep(interval)
+            if self.relays.waiting:
+                self.relays.expire()
+
+
+def _node_name(peer: Peer) -> str:
+    node = peer.conn.peer_node
+    return node.name if node else "an unnamed endpoint"
 
 
 # --- listening -------------------------------------------------------------------------------
@@ -364,6 +581,18 @@ def _unix_listener(path: Path) -> trio.SocketListener:
         sock.close()
         raise
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def _transport(stream: trio.abc.Stream) -> tuple[str, str]:
+    """("unix" | "tcp", the peer's address) of an accepted connection."""
+    sock = getattr(stream, "socket", None)
+    if sock is None or sock.family == socket.AF_UNIX:
+        return "unix", ""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:  # it hung up already
+        return "tcp", ""
+    return "tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _addresses(listeners: list[trio.SocketListener], unix_path: Path | None) -> Addresses:

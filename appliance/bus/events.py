@@ -49,6 +49,7 @@ class Established(Event):
     principal: BusPrincipal | None = None
     node: m.NodeRecord | None = None
     will: m.Will | None = None
+    link: bool = False  # a link between two endpoints (hello.link)
 
 
 @dataclass(frozen=True, slots=True)

@@ -383,7 +383,9 @@ def _body(cls: type[Body]) -> type[Body]:
 @_body
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Hello(Body):
-    """The client's first message: the protocol versions it speaks, its token, its node."""
+    """The client's first message: the protocol versions it speaks, its token, its node;
+    `link`: the client is another endpoint linking to this one (its node is that
+    endpoint's), and both sides may then send every kind but hello and welcome."""
 
     KIND: ClassVar[str] = "hello"
     versions: tuple[int, ...] = field(
@@ -395,6 +397,7 @@ class Hello(Body):
     )
     node: NodeRecord | None = field(default=None, metadata=_w(_Nested(NodeRecord)))
     will: Will | None = field(default=None, metadata=_w(_Nested(Will)))
+    link: bool = field(default=False, metadata=_w(BOOL))
 
 
 @_body

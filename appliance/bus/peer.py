@@ -81,6 +81,7 @@ class Peer:
 
     def __init__(self, conn: Connection, stream: trio.abc.Stream, limits: Limits) -> None:
         self.conn = conn
+        self.id = conn.connection_id  # ours: a dialed link's Connection takes the peer's
         self.stream = stream
         self.limits = limits
         self.queues: dict[int, SubscriberQueue[m.Message]] = {}
@@ -94,10 +95,7 @@ class Peer:
         self.closing_since: float | None = None
         self.closed: ev.Closed | None = None
         self.cut: str | None = None  # cut off without a close frame: why
-
-    @property
-    def id(self) -> int:
-        return self.conn.connection_id
+        self.link_url: str | None = None  # a link this endpoint dialed: to where
 
     @property
     def alive(self) -> bool:

@@ -147,6 +147,23 @@ class Router:
                 out.append(self._answer(flight, "no_responders", "the responder went away"))
         return out
 
+    def is_link(self, connection: ConnectionId) -> bool:
+        conn = self._conns.get(connection)
+        return conn is not None and conn.link
+
+    @property
+    def links(self) -> list[ConnectionId]:
+        return sorted(c for c, conn in self._conns.items() if conn.link)
+
+    def interest(self) -> set[tuple[str, str | None]]:
+        """What linked endpoints should send us: the (pattern, group) of every local
+        client's subscription (one hop: what a link asked for is not passed on)."""
+        return {
+            (sub.pattern.text, sub.group)
+            for sub in self.index.all()
+            if (conn := self._conns.get(sub.connection)) is not None and not conn.link  # type: ignore[call-overload]
+        }
+
     def node_connection(self, name: str) -> ConnectionId | None:
         node = self.nodes.get(name)
         return node.record if node else None
@@ -196,17 +213,27 @@ class Router:
     # --- publish -----------------------------------------------------------------------------
 
     def publish(
-        self, source: ConnectionId, publish: m.Publish, head: m.Head | None = None
+        self,
+        source: ConnectionId,
+        publish: m.Publish,
+        head: m.Head | None = None,
+        *,
+        only: tuple[str, str | None] | None = None,
     ) -> PublishResult:
-        """Who gets a publish (the topic was validated by the connection)."""
+        """Who gets a publish (the topic was validated by the connection). `only` =
+        (pattern, group): just the subscriptions with that pattern and group (a message a
+        link delivered for its subscription of that key; see `links`)."""
         head = self._source_head(source, head or m.Head())
         put = None
         if publish.retain and self.retained is not None:
             put = self.retained.put(publish.topic, publish.data, publish.headers)
         deliveries, limited = [], 0
-        for sub in self.index.match(publish.topic):
+        from_link = self.is_link(source)
+        for sub in self.index.match(publish.topic, exclude=source if from_link else None):
             target = self._conns.get(sub.connection)  # type: ignore[call-overload]
-            if target is None or (target.link and sub.connection == source):
+            if target is None or (from_link and target.link):
+                continue  # what a link brought goes to local clients only (one hop)
+            if only is not None and (sub.pattern.text, sub.group) != only:
                 continue
             out_head = head
             if target.link:
@@ -293,13 +320,14 @@ class Router:
                 return local, None
             return self._link_except(source), None
         try:
-            matches = self.index.match(topic)
+            matches = self.index.match(topic, exclude=source if self.is_link(source) else None)
         except TopicError:
             return None, None
+        from_link = self.is_link(source)
         candidates: list[Subscription] = []
         for sub in matches:
             conn = self._conns.get(sub.connection)  # type: ignore[call-overload]
-            if conn is not None and not (conn.link and sub.connection == source):
+            if conn is not None and not (conn.link and (from_link or sub.connection == source)):
                 candidates.append(sub)
         if not candidates:
             return None, None

@@ -284,6 +284,9 @@ class SubscriptionIndex:
     def of_connection(self, connection: Hashable) -> list[Subscription]:
         return list(self._by_connection.get(connection, {}).values())
 
+    def all(self) -> list[Subscription]:
+        return [sub for subs in self._by_connection.values() for sub in subs.values()]
+
     def add(
         self, connection: Hashable, sid: Hashable, pattern: Pattern | str, group: str | None = None
     ) -> Subscription:
@@ -372,15 +375,21 @@ class SubscriptionIndex:
                 stack.append((star, i + 1))
         return found
 
-    def match(self, topic: str | Sequence[str]) -> list[Subscription]:
+    def match(
+        self, topic: str | Sequence[str], *, exclude: Hashable | None = None
+    ) -> list[Subscription]:
         """Who gets one message on `topic`: each (connection, sid) at most once, in no
-        particular order. Advances the round-robin of every matching queue group."""
+        particular order. Advances the round-robin of every matching queue group. The
+        connection `exclude` gets nothing and is never chosen in a group (a message's
+        source link: another member gets it)."""
         tokens = split_topic(topic) if isinstance(topic, str) else topic
         out: list[Subscription] = []
         for node in self._nodes(tokens):
-            out.extend(node.plain.values())
+            out.extend(s for s in node.plain.values() if s.connection != exclude)
             for group in node.groups.values():
-                out.append(self._choose(group))
+                chosen = self._choose(group, exclude)
+                if chosen is not None:
+                    out.append(chosen)
         return out
 
     def has_subscribers(self, topic: str | Sequence[str]) -> bool:
@@ -388,8 +397,10 @@ class SubscriptionIndex:
         tokens = split_topic(topic) if isinstance(topic, str) else topic
         return any(node.plain or node.groups for node in self._nodes(tokens))
 
-    def _choose(self, group: _Group) -> Subscription:
-        members = list(group.members.values())
+    def _choose(self, group: _Group, exclude: Hashable | None = None) -> Subscription | None:
+        members = [s for s in group.members.values() if s.connection != exclude]
+        if not members:
+            return None
         if self._chooser is None:
             index = group.cursor % len(members)
             group.cursor = index + 1

@@ -9,7 +9,7 @@ import sys
 import httpx
 
 from appliance import __version__
-from appliance.cli import admin, config, run, status, tasks, tokens
+from appliance.cli import admin, bus, config, run, status, tasks, tokens
 from appliance.cli.common import BAD_CONFIG, FAILURE, CliError, add_settings_options
 from appliance.runtime import AlreadyRunning, StartupError
 from appliance.settings import SettingsError
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, status, tokens, tasks, config, admin):
+    for module in (run, status, tokens, tasks, config, admin, bus):
         module.register(commands, parent)
     return parser
 

@@ -12,6 +12,7 @@ import time
 
 from appliance.auth import ROLES, AuditLog, TokenStore
 from appliance.auth.tokens import TokenNotFound
+from appliance.bus.principal import TokenPatternError
 from appliance.cli.common import CliError, local_actor, open_local_store, say, settings_from
 
 
@@ -23,6 +24,18 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--ttl", type=float, metavar="SECONDS", help="expire after this long")
+    create.add_argument(
+        "--bus-publish",
+        action="append",
+        metavar="PATTERN",
+        help="a bus topic pattern it may publish and call (repeatable; replaces the role's)",
+    )
+    create.add_argument(
+        "--bus-subscribe",
+        action="append",
+        metavar="PATTERN",
+        help="a bus topic pattern it may subscribe to (repeatable; replaces the role's)",
+    )
     create.set_defaults(handler=create_token)
 
     listing = sub.add_parser("list", help="list tokens (never their secrets)", parents=[parent])
@@ -39,8 +52,15 @@ def create_token(args: argparse.Namespace) -> int:
     try:
         try:
             write, token = TokenStore.creation(
-                args.name, args.role, ttl_s=args.ttl, created_by=local_actor()
+                args.name,
+                args.role,
+                ttl_s=args.ttl,
+                created_by=local_actor(),
+                bus_publish=args.bus_publish,
+                bus_subscribe=args.bus_subscribe,
             )
+        except TokenPatternError as exc:
+            raise CliError(f"{exc.code}: {exc}", 2) from None
         except ValueError as exc:
             raise CliError(str(exc), 2) from None
 
@@ -51,7 +71,7 @@ def create_token(args: argparse.Namespace) -> int:
                 "token.create",
                 f"token:{record.id}",
                 "ok",
-                detail={"role": record.role, "name": record.name},
+                detail={"role": record.role, "name": record.name, **_bus_detail(record)},
             )(txn)
             return record
 
@@ -60,6 +80,18 @@ def create_token(args: argparse.Namespace) -> int:
         store.close()
     say(token)
     return 0
+
+
+def _bus_detail(record) -> dict:
+    """The token's own bus patterns, for the audit entry (none: the role's)."""
+    return {
+        name: value
+        for name, value in (
+            ("bus_publish", record.bus_publish),
+            ("bus_subscribe", record.bus_subscribe),
+        )
+        if value is not None
+    }
 
 
 def list_tokens(args: argparse.Namespace) -> int:

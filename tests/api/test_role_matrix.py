@@ -311,6 +311,28 @@ def check_not_cancelled(world: World, prepared: dict) -> None:
     assert task["state"] == "succeeded"
 
 
+def build_bus_publish(world: World, secret: str | None) -> dict[str, Any]:
+    topic = f"matrix.t{secrets.token_hex(6)}"
+    body = {"topic": topic, "data": "1", "retain": True}
+    return {"headers": bearer(secret), "json": body, "topic": topic}
+
+
+def bus_topics(world: World, prefix: str) -> list[dict]:
+    response = world.admin.get("/api/v1/bus/topics", params={"prefix": prefix})
+    assert response.status_code == 200, response.text
+    return response.json()["topics"]
+
+
+def check_bus_published(world: World, response: httpx.Response, prepared: dict) -> None:
+    assert response.json()["topic"] == prepared["topic"]
+    [topic] = bus_topics(world, prepared["topic"])
+    assert (topic["topic"], topic["messages"], topic["retained"]) == (prepared["topic"], 1, True)
+
+
+def check_bus_not_published(world: World, prepared: dict) -> None:
+    assert bus_topics(world, prepared["topic"]) == []
+
+
 CONFIG_KEY = "/api/v1/config/{tenant}/{app}/{env}/{name}"
 
 
@@ -476,6 +498,17 @@ CASES: dict[tuple[str, str], Case] = {
         Case("GET", "/api/v1/config/log", "replica", 200, plain, ok_json("entries")),
         Case("GET", "/api/v1/config/snapshot", "replica", 200, plain, ok_json("keys")),
         Case("GET", "/api/v1/config/status", "viewer", 200, plain, ok_json("mode")),
+        Case("GET", "/api/v1/bus/peers", "viewer", 200, plain, ok_json("connections")),
+        Case("GET", "/api/v1/bus/topics", "viewer", 200, plain, ok_json("topics")),
+        Case(
+            "POST",
+            "/api/v1/bus/publish",
+            "operator",
+            202,
+            build_bus_publish,
+            check_bus_published,
+            check_bus_not_published,
+        ),
     ]
 }
 

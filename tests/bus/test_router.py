@@ -282,15 +282,41 @@ def test_links_get_relayed_heads_and_no_echo() -> None:
         source="sensor-1", forward_for_source="edge-01", forward_for_connection=1, hops=1
     )
     assert {d.policy for d in result.deliveries} == {SlowConsumer.BLOCK}
-    # From link 10: not echoed back to it; relayed on to 11 with one more hop.
+    # From link 10: to local clients only (one hop), never back, never on to link 11.
+    router.attach(2, node=m.NodeRecord(name="display"))
+    router.subscribe(2, 7, "a.>")
     relayed = heads[10]
     result = router.publish(10, m.Publish(topic="a.b"), relayed)
     [d] = result.deliveries
-    assert d.connection == 11 and d.message.head.hops == 2
-    assert d.message.head.forward_for_connection == 1  # the original sender's, kept
-    # One more hop would exceed the limit: not sent, and counted.
-    over = router.publish(10, m.Publish(topic="a.b"), m.Head(hops=2))
-    assert over.deliveries == () and over.hop_limited == 1
+    assert d.connection == 2 and d.message.head == relayed  # who sent it, from where
+    # A request for a node that is not here goes on over another link, one more hop,
+    # and is refused past the hop limit.
+    ask = m.Request(id=4, topic="svc.x", timeout_us=1000)
+    onward = router.request(10, ask, m.Head(destination="far", hops=1), now_us=0)
+    assert onward.connection == 11 and onward.message.head.hops == 2
+    refused = router.request(10, ask, m.Head(destination="far", hops=2), now_us=0)
+    assert refused.connection == 10 and refused.message.body.status == "no_responders"
+    assert "hop limit" in refused.message.body.error
+
+
+def test_link_interest_is_local_subscriptions_only() -> None:
+    router = Router(node_name="edge-01")
+    router.attach(1, node=m.NodeRecord(name="sensor-1"))
+    router.attach(10, link=True)
+    router.subscribe(1, 1, "plant.>")
+    router.subscribe(1, 2, "svc.echo", group="echo")
+    router.subscribe(10, 1, "far.>")  # what the linked box wants: not passed on
+    assert router.interest() == {("plant.>", None), ("svc.echo", "echo")}
+
+
+def test_a_group_message_from_a_link_goes_to_a_local_member() -> None:
+    router = Router(node_name="edge-01", chooser=lambda n: 0)
+    router.attach(1, node=m.NodeRecord(name="worker-1"))
+    router.attach(10, link=True)
+    router.subscribe(10, 3, "jobs", group="w")  # the far box's members, joined first
+    router.subscribe(1, 4, "jobs", group="w")
+    result = router.publish(10, m.Publish(topic="jobs"), m.Head(hops=1), only=("jobs", "w"))
+    assert [(d.connection, d.sid) for d in result.deliveries] == [(1, 4)]
 
 
 def test_request_goes_over_a_link_when_no_local_responder() -> None:

@@ -10,6 +10,7 @@ from appliance.api.problems import Problem
 from appliance.auth import ROLES, Unauthenticated
 from appliance.auth.sessions import COOKIE_NAME
 from appliance.auth.tokens import TokenNotFound
+from appliance.bus.principal import MAX_TOKEN_PATTERNS, TokenPatternError
 
 blueprint = Blueprint("auth", __name__)
 
@@ -17,6 +18,9 @@ NEW_TOKEN = {
     "name": Field(str, min_length=1, max_length=64, printable=True),
     "role": Field(str, choices=ROLES),
     "ttl_s": Field((int, float), required=False, minimum=60, maximum=10 * 365 * 86400),
+    # Bus topic patterns replacing the role's (never beyond it); checked by the store.
+    "bus_publish": Field(list, required=False, max_length=MAX_TOKEN_PATTERNS),
+    "bus_subscribe": Field(list, required=False, max_length=MAX_TOKEN_PATTERNS),
 }
 NEW_SESSION = {"token": Field(str, max_length=256)}
 
@@ -35,7 +39,13 @@ async def create_token() -> tuple[Response, int]:
             body["role"],
             ttl_s=body.get("ttl_s"),
             created_by=g.principal.label,
+            bus_publish=body.get("bus_publish"),
+            bus_subscribe=body.get("bus_subscribe"),
         )
+    except TokenPatternError as exc:
+        raise Problem(
+            422, exc.code, str(exc), errors=[{"field": exc.field, "message": str(exc)}]
+        ) from None
     except ValueError as exc:
         raise Problem(422, "validation_failed", str(exc)) from None
     g.audit_target = f"token:{record.id}"
