@@ -289,7 +289,10 @@ PHASES = (
 
 def measure(setup: Setup, began: float) -> Runs:
     runs: Runs = {}
+    wanted = os.environ.get("BENCH_BUS_PHASES")  # e.g. "pubsub,request_reply" while tuning
     for phase, latest_start in PHASES:
+        if wanted and phase.__name__.removesuffix("_round") not in wanted.split(","):
+            continue
         elapsed = time.monotonic() - began
         if elapsed > latest_start:
             log(f"bus: {phase.__name__} skipped: {elapsed:.0f} s > {latest_start:g} s")

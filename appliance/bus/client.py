@@ -394,6 +394,11 @@ class BusClient:
                 sub = self._subscriptions.get(d.sid)
                 if sub is not None:
                     message = BusMessage(d.topic, d.data, d.headers, head.source, d.gap, d.retained)
+                    try:
+                        sub._send.send_nowait(message)  # the common case: room in the buffer
+                        return
+                    except trio.WouldBlock:
+                        pass
                     with trio.move_on_after(DEFAULT_TIMEOUT):
                         await sub._send.send(message)
                         return

@@ -304,8 +304,28 @@ class FrameDecoder:
 
     def _feed(self, view: memoryview, events: list[Frame | FrameError]) -> None:
         pos, end = 0, len(view)
+        versions, max_frame = self.versions, self.max_frame
         while pos < end:
             if not self._buf:
+                # Fastest path: a one-byte version and a one- or two-byte length (frames
+                # under 16 KiB), the whole frame in this chunk; anything else, or anything
+                # wrong, goes through the general path below, which explains it.
+                if end - pos >= 3 and view[pos] in versions and view[pos] < 0x80:
+                    first = view[pos + 1]
+                    if first < 0x80:
+                        length, header_bytes = first, 2
+                    elif 0 < view[pos + 2] < 0x80:
+                        length, header_bytes = (first & 0x7F) | (view[pos + 2] << 7), 3
+                    else:
+                        length, header_bytes = -1, 0
+                    total = header_bytes + length + CRC_BYTES
+                    if 0 <= length <= max_frame and end - pos >= total:
+                        header = (view[pos], length, header_bytes)
+                        self._frame(view[pos : pos + total], header, events)
+                        pos += total
+                        if self.failed:
+                            return
+                        continue
                 # Fast path: frames wholly inside this chunk are decoded where they lie.
                 header = self._parse_header(view, pos, end)
                 if header is not None and end - pos >= self._total(header):

@@ -76,6 +76,7 @@ Role = Literal["server", "client"]
 Clock = Callable[[], int]
 HELLO_VERSION = PROTOCOL_VERSION  # hello and welcome are always version 1 frames
 MAX_OUTSTANDING_PINGS = 16
+MAX_REMEMBERED_TOPICS = 1024
 # The queue-group syntax of appliance.bus.topics (SubscriptionIndex.add checks the same).
 _GROUP = re.compile(r"[A-Za-z0-9_:\-.]{1,64}")
 
@@ -178,6 +179,8 @@ class Connection:
         self._pending: dict[int, PendingRequest] = {}  # requests we sent
         self._inbound: dict[int, int] = {}  # requests we received: id -> deadline
         self._sids: set[int] = set()  # server: the peer's subscriptions
+        # Topics this peer published and may publish to (its permissions never change).
+        self._may_publish: dict[str, tuple[str, ...]] = {}
         self._streams = Streams(
             window=stream_window, max_streams=max_streams, manual_release=manual_release
         )
@@ -464,15 +467,20 @@ class Connection:
         events.append(PongReceived(pong.seq, rtt, pong.peer_time_us))
 
     def _on_publish(self, head: m.Head, publish: m.Publish, events: list[Event]) -> None:
-        try:
-            tokens = split_topic(publish.topic)
-        except TopicError as exc:
-            self._violation("bad_message", f"publish.topic: {exc.code}: {exc.message}", events)
-            return
-        assert self.principal is not None
-        if not self.principal.permissions.may_publish(tokens):
-            self._violation("forbidden", f"publish to {publish.topic} is not allowed", events)
-            return
+        tokens = self._may_publish.get(publish.topic)
+        if tokens is None:
+            try:
+                tokens = split_topic(publish.topic)
+            except TopicError as exc:
+                self._violation("bad_message", f"publish.topic: {exc.code}: {exc.message}", events)
+                return
+            assert self.principal is not None
+            if not self.principal.permissions.may_publish(tokens):
+                self._violation("forbidden", f"publish to {publish.topic} is not allowed", events)
+                return
+            if len(self._may_publish) >= MAX_REMEMBERED_TOPICS:
+                self._may_publish.clear()
+            self._may_publish[publish.topic] = tokens
         events.append(Published(head, publish, tokens))
 
     def _on_subscribe(self, head: m.Head, sub: m.Subscribe, events: list[Event]) -> None:

@@ -40,6 +40,7 @@ from appliance.bus.selectors import Node, NodeRegistry
 from appliance.bus.topics import Pattern, Subscription, SubscriptionIndex, TopicError
 
 DEFAULT_HOP_LIMIT = 8
+_NO_HEAD = m.Head()
 ConnectionId = int
 
 
@@ -89,6 +90,7 @@ class _Conn:
     node: str | None
     link: bool
     next_request_id: int = 0
+    head: m.Head = _NO_HEAD  # what its messages carry: source = its node name
 
 
 class Router:
@@ -128,7 +130,8 @@ class Router:
             if holder is not None and holder.record != connection:
                 raise RouteError("name_taken", f"node {node.name} is connected already")
             self.nodes.put(node.name, node.labels, connection)
-        self._conns[connection] = _Conn(node.name if node else None, link)
+        name = node.name if node else None
+        self._conns[connection] = _Conn(name, link, head=m.Head.trusted(source=name))
 
     def detach(self, connection: ConnectionId) -> list[Send]:
         """The connection is gone: forget its subscriptions and name; callers waiting for
@@ -223,7 +226,7 @@ class Router:
         """Who gets a publish (the topic was validated by the connection). `only` =
         (pattern, group): just the subscriptions with that pattern and group (a message a
         link delivered for its subscription of that key; see `links`)."""
-        head = self._source_head(source, head or m.Head())
+        head = self._source_head(source, head or _NO_HEAD)
         put = None
         if publish.retain and self.retained is not None:
             put = self.retained.put(publish.topic, publish.data, publish.headers)
@@ -242,11 +245,8 @@ class Router:
                     limited += 1
                     continue
                 out_head = relayed
-            deliver = m.Deliver(
-                sid=sub.sid,  # type: ignore[arg-type]
-                topic=publish.topic,
-                data=publish.data,
-                headers=publish.headers,
+            deliver = m.Deliver.trusted(  # from a checked publish: nothing to check again
+                sid=sub.sid, topic=publish.topic, data=publish.data, headers=publish.headers
             )
             deliveries.append(
                 Delivery(
@@ -270,7 +270,7 @@ class Router:
     ) -> Send:
         """Where a request goes: to one responder (under a fresh id), or straight back to
         the caller as a `no_responders` reply."""
-        head = self._source_head(source, head or m.Head())
+        head = self._source_head(source, head or _NO_HEAD)
         target, sid = self._responder(source, request.topic, head.destination)
         if target is None:
             return self._no_responders(source, request.id, "nobody serves " + request.topic)
@@ -356,7 +356,9 @@ class Router:
         conn = self._conns.get(source)
         if conn is None or conn.link:
             return head
-        return m.Head(source=conn.node, destination=head.destination)
+        if head.destination is None:
+            return conn.head
+        return m.Head.trusted(source=conn.node, destination=head.destination)
 
     def relay_head(self, head: m.Head, source: ConnectionId) -> m.Head | None:
         """The head of a message sent on a link, or None over the hop limit."""

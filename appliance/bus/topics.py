@@ -256,6 +256,9 @@ Chooser = Callable[[int], int]
 """Picks a queue-group member: given the member count n, returns an index in range(n)."""
 
 
+MATCH_CACHE = 4096  # topics whose matching trie nodes are remembered
+
+
 class SubscriptionIndex:
     """Subscriptions by pattern, in a token trie, with queue groups.
 
@@ -274,6 +277,8 @@ class SubscriptionIndex:
         self._max_per_connection = max_per_connection
         self._by_connection: dict[Hashable, dict[Hashable, Subscription]] = {}
         self._count = 0
+        # topic -> the trie nodes matching it, while no subscription changes (bounded).
+        self._matched: dict[str, list[_Node]] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -307,6 +312,7 @@ class SubscriptionIndex:
                 f"a connection holds at most {self._max_per_connection} subscriptions",
             )
         sub = Subscription(connection, sid, pattern, group)
+        self._matched.clear()
         node = self._root
         for token in pattern.tokens:
             node = node.children.setdefault(token, _Node())
@@ -324,6 +330,7 @@ class SubscriptionIndex:
         if not mine or sid not in mine:
             return None
         sub = mine.pop(sid)
+        self._matched.clear()
         if not mine:
             del self._by_connection[connection]
         path = [self._root]
@@ -382,10 +389,21 @@ class SubscriptionIndex:
         particular order. Advances the round-robin of every matching queue group. The
         connection `exclude` gets nothing and is never chosen in a group (a message's
         source link: another member gets it)."""
-        tokens = split_topic(topic) if isinstance(topic, str) else topic
+        if isinstance(topic, str):
+            nodes = self._matched.get(topic)
+            if nodes is None:
+                nodes = self._nodes(split_topic(topic))
+                if len(self._matched) >= MATCH_CACHE:
+                    self._matched.clear()
+                self._matched[topic] = nodes
+        else:
+            nodes = self._nodes(topic)
         out: list[Subscription] = []
-        for node in self._nodes(tokens):
-            out.extend(s for s in node.plain.values() if s.connection != exclude)
+        for node in nodes:
+            if exclude is None:
+                out.extend(node.plain.values())
+            else:
+                out.extend(s for s in node.plain.values() if s.connection != exclude)
             for group in node.groups.values():
                 chosen = self._choose(group, exclude)
                 if chosen is not None:
