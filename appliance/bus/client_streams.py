@@ -32,6 +32,7 @@ import trio
 from appliance.bus import events as ev
 from appliance.bus import messages as m
 from appliance.bus.client import BusClientError
+from appliance.bus.peer import Signal
 from appliance.bus.reasons import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -64,24 +65,12 @@ class Chunk:
         return self.offset + len(self.data)
 
 
-class _Signal:
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
 class StreamWriter:
     def __init__(self, client: BusClient, stream_id: int, destination: str) -> None:
         self._client = client
         self.stream_id = stream_id
         self.destination = destination
-        self._acked = _Signal()
+        self._acked = Signal()
         self._done = trio.Event()
         self.stopped: StreamStopped | None = None
 
@@ -147,7 +136,7 @@ class StreamReader:
         self.start_offset = data.start_offset
         self._position = data.start_offset  # next byte to hand out
         self._released = data.start_offset
-        self._readable = _Signal()
+        self._readable = Signal()
         self.reset: StreamReset | None = None
         self._ended = False
 
