@@ -23,8 +23,8 @@ waits up to `close_grace` for the peers to hang up, then cancels what is left an
 the Unix socket file. Last wills are published when a connection ends (`Closed.will_due`,
 or cut off), except while the endpoint stops: every subscriber is being disconnected too.
 
-Not yet: liveness (`ping_timeout`), routing streams between clients, `register` and
-`deregister` (node names come from the hello), links to other endpoints.
+**Names.** A connection holds at most one node name: from its hello, or a later `register`
+(which may also update its labels, or replace its name); `deregister` gives it up.
 """
 
 from __future__ import annotations
@@ -102,8 +102,10 @@ class BusEndpoint:
         link_token: str | None = None,
     ) -> None:
         self.node = node
-        self.link_urls = tuple(links)
-        self._link_token = link_token
+        # A link URL may carry its own token (tcp://TOKEN@HOST:PORT); it is never shown.
+        targets = [_link_target(url, link_token) for url in links]
+        self.link_urls = tuple(url for url, _ in targets)
+        self._link_tokens = dict(targets)
         self.link_status: dict[str, str] = {url: "connecting" for url in self.link_urls}
         self.unix_path = unix_path
         self.tcp = tcp
@@ -270,7 +272,8 @@ class BusEndpoint:
                 peer = Peer(conn, stream, self.limits)
                 peer.link_url = url
                 async with stream, trio.open_nursery() as nursery:
-                    await stream.send_all(conn.hello(self._link_token, node=self.node, link=True))
+                    hello = conn.hello(self._link_tokens[url], node=self.node, link=True)
+                    await stream.send_all(hello)
                     nursery.start_soon(self._ping, peer)
                     await self._run(peer)
                     nursery.cancel_scope.cancel()
@@ -369,7 +372,7 @@ class BusEndpoint:
                         peer.request_close(exc.code, str(exc))
                     return
                 peer.established, peer.will = True, will
-                self.relays.on_established(peer)
+                self.relays.on_named(peer)
                 if link:
                     log.info("bus link %d to %s established", peer.id, _node_name(peer))
                     if peer.link_url is not None:  # one we dialed
@@ -406,6 +409,12 @@ class BusEndpoint:
                 route = self.router.reply(peer.id, reply)
                 if route is not None:
                     self._send(route)
+            case ev.NodeRegistered(node=node):
+                self._register(peer, node)
+            case ev.NodeDeregistered(name=name):
+                if peer.established and self.router.deregister(peer.id, name):
+                    peer.conn.peer_node = None  # what discovery and the peers API show
+                    self._renamed(peer)
             case ev.QueryReceived(query=query):
                 try:
                     found = self.router.query(query.selector)
@@ -436,7 +445,34 @@ class BusEndpoint:
             case ev.FrameDropped(reason=reason, text=text):
                 log.debug("bus connection %d dropped a frame: %s: %s", peer.id, reason, text)
             case _:
-                pass  # pongs and discovery registration: nothing to route
+                pass  # pongs: nothing to route
+
+    def _register(self, peer: Peer, node: m.NodeRecord) -> None:
+        """`register`: name the connection, or update its record (`Router.register`). A
+        name another connection holds closes it with `name_taken`, as its hello would
+        have; relays waiting for the name resume on it."""
+        if not peer.established:
+            return  # refused at its hello: the close is on its way
+        try:
+            self.router.register(peer.id, node)
+        except RouteError as exc:
+            peer.request_close(exc.code, str(exc))
+            return
+        except SelectorError as exc:
+            peer.request_close("bad_message", f"register.node: {exc}")
+            return
+        peer.conn.peer_node = node  # what discovery, wills and the peers API show
+        self._renamed(peer)
+        self.relays.on_named(peer)
+
+    def _renamed(self, peer: Peer) -> None:
+        node, principal = peer.conn.peer_node, peer.conn.principal
+        self.stats.established(
+            peer.id,
+            node=node.name if node else None,
+            principal=principal.name if principal else None,
+            role=principal.role if principal else None,
+        )
 
     async def _subscribe(
         self, peer: Peer, sid: int, pattern, group: str | None, policy: SlowConsumer
@@ -554,6 +590,12 @@ class BusEndpoint:
             await trio.sleep(interval)
             if self.relays.waiting:
                 self.relays.expire()
+
+
+def _link_target(url: str, default_token: str | None) -> tuple[str, str | None]:
+    """(the URL without its token, the token for it)."""
+    token, at, place = url.removeprefix("tcp://").rpartition("@")
+    return (f"tcp://{place}", token) if at else (url, default_token)
 
 
 def _node_name(peer: Peer) -> str:

@@ -215,9 +215,13 @@ class Peer:
                 wake.append(self.closing_since + limits.close_grace)
             if conn.next_deadline is not None:
                 wake.append(conn.next_deadline / 1_000_000)
+            if conn.state is State.ESTABLISHED and heard is not None:
+                wake.append(heard / 1_000_000 + limits.ping_timeout)
             # The close request is seen by the writer, which sets closing_since; re-check
-            # at least every close_grace so that a new closing deadline is noticed.
-            with trio.move_on_at(min(wake, default=now + limits.close_grace)):
+            # at least every close_grace so that a new closing deadline is noticed (and
+            # no far deadline, a request's, holds back the others).
+            wake.append(now + limits.close_grace)
+            with trio.move_on_at(min(wake)):
                 await trio.sleep_forever()
 
 

@@ -1,10 +1,11 @@
 """Who gets what, sans-IO: the endpoint's routing decisions over its established connections.
 
 The router holds the subscriptions (`SubscriptionIndex`, with queue groups), the node
-names (`NodeRegistry`: name -> connection, queried by label selector), the retained values
-(`RetainedStore`) and the requests in flight between connections. It returns decisions —
-which connection gets which message — and the endpoint writes them; it never blocks, and
-slow-consumer queues are the endpoint's.
+names (`NodeRegistry`: name -> connection, queried by label selector; a connection holds
+at most one, from its hello or a later `register`, until `deregister` or it goes), the
+retained values (`RetainedStore`) and the requests in flight between connections. It
+returns decisions — which connection gets which message — and the endpoint writes them; it
+never blocks, and slow-consumer queues are the endpoint's.
 
 **Publish.** Every plain subscription whose pattern matches gets a `deliver`, and one
 member of each matching queue group. A publish from a link is not delivered back to that
@@ -110,6 +111,7 @@ class Router:
             chooser=chooser, max_per_connection=max_subscriptions_per_connection
         )
         self.nodes: NodeRegistry[ConnectionId] = NodeRegistry()
+        self._links: set[ConnectionId] = set()  # the connections that are links
         self._conns: dict[ConnectionId, _Conn] = {}
         self._policies: dict[tuple[ConnectionId, int], SlowConsumer] = {}
         self._in_flight: dict[tuple[ConnectionId, int], _InFlight] = {}
@@ -126,17 +128,52 @@ class Router:
         """An established connection; its node record (if any) makes its name routable.
         RouteError `name_taken` if another connection holds the name."""
         if node is not None:
-            holder = self.nodes.get(node.name)
-            if holder is not None and holder.record != connection:
-                raise RouteError("name_taken", f"node {node.name} is connected already")
-            self.nodes.put(node.name, node.labels, connection)
+            self._claim(connection, node)
         name = node.name if node else None
         self._conns[connection] = _Conn(name, link, head=m.Head.trusted(source=name))
+        if link:
+            self._links.add(connection)
+
+    def register(self, connection: ConnectionId, node: m.NodeRecord) -> str | None:
+        """The connection names itself after its hello, or updates its record. One name
+        per connection: registering another name releases the one it held, which is
+        returned (None when it held none, or re-registered the same name with new
+        labels). RouteError `name_taken` if another connection holds the name,
+        `unexpected_message` from a link or a connection not attached; SelectorError
+        (`invalid_node_name`, `invalid_label`) for a bad record. A refusal changes nothing."""
+        conn = self._conns.get(connection)
+        if conn is None or conn.link:
+            what = "a link" if conn is not None else "a connection not established"
+            raise RouteError("unexpected_message", f"{what} does not register a node")
+        self._claim(connection, node)
+        released = conn.node if conn.node not in (None, node.name) else None
+        if released is not None:
+            self.nodes.remove(released)
+        conn.node, conn.head = node.name, m.Head.trusted(source=node.name)
+        return released
+
+    def deregister(self, connection: ConnectionId, name: str) -> bool:
+        """The connection gives up its node name; False (nothing changes) when it does
+        not hold `name` (another connection's name, or none: already gone)."""
+        conn = self._conns.get(connection)
+        if conn is None or conn.link or conn.node != name:
+            return False
+        self.nodes.remove(name)
+        conn.node, conn.head = None, m.Head.trusted(source=None)
+        return True
+
+    def _claim(self, connection: ConnectionId, node: m.NodeRecord) -> None:
+        """Hold `node`'s name for `connection` (put first: a bad record changes nothing)."""
+        holder = self.nodes.get(node.name)
+        if holder is not None and holder.record != connection:
+            raise RouteError("name_taken", f"node {node.name} is connected already")
+        self.nodes.put(node.name, node.labels, connection)
 
     def detach(self, connection: ConnectionId) -> list[Send]:
         """The connection is gone: forget its subscriptions and name; callers waiting for
         it get a `no_responders` reply (returned)."""
         conn = self._conns.pop(connection, None)
+        self._links.discard(connection)
         for sub in self.index.remove_connection(connection):
             self._policies.pop((connection, sub.sid), None)  # type: ignore[arg-type]
         if conn is not None and conn.node is not None:
@@ -156,7 +193,7 @@ class Router:
 
     @property
     def links(self) -> list[ConnectionId]:
-        return sorted(c for c, conn in self._conns.items() if conn.link)
+        return sorted(self._links)
 
     def interest(self) -> set[tuple[str, str | None]]:
         """What linked endpoints should send us: the (pattern, group) of every local
@@ -232,7 +269,8 @@ class Router:
             put = self.retained.put(publish.topic, publish.data, publish.headers)
         deliveries, limited = [], 0
         from_link = self.is_link(source)
-        for sub in self.index.match(publish.topic, exclude=source if from_link else None):
+        # From a link: to local clients only, and a group's member is chosen among them.
+        for sub in self.index.match(publish.topic, exclude=self._links if from_link else ()):
             target = self._conns.get(sub.connection)  # type: ignore[call-overload]
             if target is None or (from_link and target.link):
                 continue  # what a link brought goes to local clients only (one hop)
@@ -320,7 +358,7 @@ class Router:
                 return local, None
             return self._link_except(source), None
         try:
-            matches = self.index.match(topic, exclude=source if self.is_link(source) else None)
+            matches = self.index.match(topic, exclude=self._links if self.is_link(source) else ())
         except TopicError:
             return None, None
         from_link = self.is_link(source)

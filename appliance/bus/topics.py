@@ -33,7 +33,7 @@ member per message, chosen round-robin or by an injected chooser.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 MAX_TOKEN_LENGTH = 64
@@ -383,11 +383,11 @@ class SubscriptionIndex:
         return found
 
     def match(
-        self, topic: str | Sequence[str], *, exclude: Hashable | None = None
+        self, topic: str | Sequence[str], *, exclude: Container[Hashable] = ()
     ) -> list[Subscription]:
         """Who gets one message on `topic`: each (connection, sid) at most once, in no
         particular order. Advances the round-robin of every matching queue group. The
-        connection `exclude` gets nothing and is never chosen in a group (a message's
+        connections in `exclude` get nothing and are never chosen in a group (a message's
         source link: another member gets it)."""
         if isinstance(topic, str):
             nodes = self._matched.get(topic)
@@ -400,10 +400,10 @@ class SubscriptionIndex:
             nodes = self._nodes(topic)
         out: list[Subscription] = []
         for node in nodes:
-            if exclude is None:
+            if not exclude:
                 out.extend(node.plain.values())
             else:
-                out.extend(s for s in node.plain.values() if s.connection != exclude)
+                out.extend(s for s in node.plain.values() if s.connection not in exclude)
             for group in node.groups.values():
                 chosen = self._choose(group, exclude)
                 if chosen is not None:
@@ -415,8 +415,8 @@ class SubscriptionIndex:
         tokens = split_topic(topic) if isinstance(topic, str) else topic
         return any(node.plain or node.groups for node in self._nodes(tokens))
 
-    def _choose(self, group: _Group, exclude: Hashable | None = None) -> Subscription | None:
-        members = [s for s in group.members.values() if s.connection != exclude]
+    def _choose(self, group: _Group, exclude: Container[Hashable] = ()) -> Subscription | None:
+        members = [s for s in group.members.values() if s.connection not in exclude]
         if not members:
             return None
         if self._chooser is None:

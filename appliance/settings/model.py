@@ -127,6 +127,29 @@ def parse_choice(*choices: str):
     return parse
 
 
+def parse_bus_urls(raw: Any) -> tuple[str, ...]:
+    """`tcp://[TOKEN@]HOST:PORT` URLs: a list, or one comma-separated string (the
+    environment). TOKEN, when given, is the far box's token for that link."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a list of tcp://HOST:PORT URLs")
+    urls = []
+    for item in items:
+        text = parse_str(item).strip()
+        if not text:
+            continue
+        if not text.startswith("tcp://"):
+            raise ValueError(f"expected tcp://[TOKEN@]HOST:PORT, got {text.rpartition('@')[2]!r}")
+        address = parse_address(text.removeprefix("tcp://").rpartition("@")[2])
+        if address.port == 0 or not address.host:
+            raise ValueError(f"a link needs a host and a port, got {text.rpartition('@')[2]!r}")
+        urls.append(text)
+    places = [url.rpartition("@")[2].removeprefix("tcp://") for url in urls]
+    if len(set(places)) != len(places):
+        raise ValueError("a link is listed twice")
+    return tuple(urls)
+
+
 def parse_labels(raw: Any) -> dict[str, str]:
     if isinstance(raw, str):
         try:
@@ -194,6 +217,14 @@ class BusSettings:
     )
     stream_buffer: int = setting(
         256 << 10, parse_int(4096, 64 << 20), "Bytes a bus stream relay holds unacknowledged."
+    )
+    links: tuple[str, ...] = setting(
+        (),
+        parse_bus_urls,
+        "Other endpoints to link to: tcp://[TOKEN@]HOST:PORT, comma-separated.",
+    )
+    link_token: str = setting(
+        "", parse_str, "Token for the links whose URL names none (an admin or operator token)."
     )
 
 
@@ -269,6 +300,40 @@ class SystemdSettings:
 
 
 @dataclass(frozen=True)
+class OtaSettings:
+    firmware_root: Path = setting(
+        Path("/opt/appliance"), parse_path, "A/B slot root: slots a and b, the current link."
+    )
+    trust_root: Path = setting(
+        Path("/etc/appliance/ota-trust.json"),
+        parse_path,
+        "The trust root file: the public keys that sign bundles and their threshold.",
+    )
+    product: str = setting("appliance", parse_str, "Product name a bundle must be built for.")
+    hardware: str = setting(
+        "", parse_str, "Hardware id a bundle must support; empty: the machine type (uname -m)."
+    )
+    max_bundle_bytes: int = setting(
+        1 << 30, parse_int(1024, 1 << 40), "Largest bundle an upload may carry, in bytes."
+    )
+    stall_timeout_s: float = setting(
+        30.0, parse_float(0.1, 3600.0), "An upload that sends nothing this long is cut off."
+    )
+    upload_timeout_s: float = setting(
+        3600.0, parse_float(1.0, 86400.0), "Longest a whole upload may take."
+    )
+    tries: int = setting(3, parse_int(1, 100), "Starts a new version gets before it is given up.")
+    healthy_s: float = setting(
+        60.0, parse_float(0.0, 86400.0), "How long every component must be ok before commit."
+    )
+    trial_timeout_s: float = setting(
+        600.0,
+        parse_float(1.0, 86400.0),
+        "A version on trial not healthy by then exits 1 (its start counts as failed).",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     device: DeviceSettings = field(default_factory=DeviceSettings)
     data: DataSettings = field(default_factory=DataSettings)
@@ -280,6 +345,7 @@ class Settings:
     tasks: TasksSettings = field(default_factory=TasksSettings)
     systemd: SystemdSettings = field(default_factory=SystemdSettings)
     config: ConfigSettings = field(default_factory=ConfigSettings)
+    ota: OtaSettings = field(default_factory=OtaSettings)
     # Where the values came from, for messages and for SIGHUP re-reads.
     config_file: Path | None = None
 
@@ -304,6 +370,7 @@ SECTIONS: dict[str, type] = {
     "tasks": TasksSettings,
     "systemd": SystemdSettings,
     "config": ConfigSettings,
+    "ota": OtaSettings,
 }
 
 LIVE_KEYS = frozenset({"log.level", "ratelimit.rate", "ratelimit.burst"})

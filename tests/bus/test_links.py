@@ -33,8 +33,8 @@ def linked(tmp_path_factory):
         base / "b",
         env={
             "APPLIANCE_DEVICE_NAME": "box-b",
-            "APPLIANCE_BUS_LINKS": a_tcp,
-            "APPLIANCE_BUS_LINK_TOKEN": box_a.token,
+            # The link's own token in its URL (bus.link_token is the default for others).
+            "APPLIANCE_BUS_LINKS": a_tcp.replace("tcp://", f"tcp://{box_a.token}@"),
         },
     )
     box_b.wait_ready()
@@ -170,7 +170,8 @@ async def test_a_second_link_to_the_same_endpoint_is_refused_as_a_loop(linked):
     await peer.stream.send_all(hello)  # box-b is linked to box-a already
     closed = await peer.closed()
     assert (closed.reason, "box-b" in closed.text) == ("link_refused", True)
-    assert "link tcp://" in _health(box_b)["components"]["bus"]["detail"]
+    detail = _health(box_b)["components"]["bus"]["detail"]
+    assert "link tcp://" in detail and box_a.token not in detail  # the token never shows
     assert ": connected" in _health(box_b)["components"]["bus"]["detail"]  # the first stays
 
 

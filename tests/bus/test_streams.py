@@ -18,6 +18,7 @@ import pytest
 import trio
 
 import appliance.bus.client as client_module
+from appliance.bus import messages as m
 from appliance.bus.client import open_client
 from appliance.bus.client_streams import StreamReset, StreamStopped
 from tests.bus.test_endpoint import WAIT, RawPeer, bus_endpoints
@@ -74,9 +75,7 @@ async def test_a_stream_larger_than_its_window_arrives_whole_and_in_order(
         assert len(offsets) > 16  # it came in many pieces, each acknowledged on
 
 
-async def test_a_stream_to_a_node_that_is_not_connected_is_stopped(
-    streams_appliance, fast_pings
-):
+async def test_a_stream_to_a_node_that_is_not_connected_is_stopped(streams_appliance, fast_pings):
     unix, _ = bus_endpoints(streams_appliance)
     async with open_client(unix, streams_appliance.token, name="source-b") as sender:
         writer = await sender.open_stream("nobody-here")
@@ -89,9 +88,7 @@ async def test_a_stream_to_a_node_that_is_not_connected_is_stopped(
         assert await sender.query("") is not None
 
 
-async def test_a_receiver_that_never_comes_back_expires_the_stream(
-    streams_appliance, fast_pings
-):
+async def test_a_receiver_that_never_comes_back_expires_the_stream(streams_appliance, fast_pings):
     unix, _ = bus_endpoints(streams_appliance)
     token = streams_appliance.token
     async with open_client(unix, token, name="source-c") as sender:
@@ -218,3 +215,29 @@ async def test_a_killed_receiver_resumes_from_the_acknowledged_offset(
     resumed = _chunks(after)
     assert resumed[0][0] == resumed_at
     assert sum(n for _, n in resumed) == len(data) - resumed_at  # nothing delivered twice
+
+
+async def test_a_pending_request_does_not_hold_back_the_liveness_check(
+    streams_appliance, fast_pings
+):
+    unix, _ = bus_endpoints(streams_appliance)
+    token = streams_appliance.token
+    responder = await RawPeer.open(unix)
+    await responder.hello(token)
+    await responder.stream.send_all(
+        responder.conn.send(m.Subscribe(sid=1, pattern="svc.silent", group="g"))
+    )
+    async with open_client(unix, token, name="asker-l") as asker:
+        await asker.query("")  # the subscription is in place once this is answered
+
+        async def ask() -> None:
+            with pytest.raises(Exception):  # noqa: B017 - whatever ends it, it must end
+                await asker.request("svc.silent", b"?", timeout=40)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            # The responder got a request due in 40 s and says nothing more: it is closed
+            # for silence after 3 s, not after the request's deadline.
+            closed = await responder.closed()
+            nursery.cancel_scope.cancel()
+    assert closed.reason == "ping_timeout"
