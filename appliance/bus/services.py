@@ -56,7 +56,12 @@ import trio
 from appliance.api.bodies import Field, parse_json, validate
 from appliance.api.longpoll import MAX_WAIT_S
 from appliance.api.problems import Problem
-from appliance.api.routes.tasks import _decode_submission, _off_loop_if_large, _render_json
+from appliance.api.routes.tasks import (
+    decode_submission,
+    off_loop_if_large,
+    render_result_json,
+    submit_checked,
+)
 from appliance.bus.client import BusClient, BusClientError, IncomingRequest, ServiceError
 from appliance.bus.endpoint import BusEndpoint
 from appliance.bus.principal import BusPrincipal
@@ -64,7 +69,7 @@ from appliance.bus.topics import MAX_TOPIC_LENGTH
 from appliance.config.errors import ConfigError
 from appliance.config.keys import MAX_KEY_LENGTH, ConfigKey, parse_key
 from appliance.config.service import ConfigService
-from appliance.tasks import QueueFull, Task
+from appliance.tasks import Task
 
 if TYPE_CHECKING:  # the runtime imports this module
     from appliance.config.changes import Change
@@ -248,27 +253,23 @@ class BusServices:
         }
 
     async def _tasks_submit(self, request: IncomingRequest) -> dict[str, Any]:
-        kernel, params, data, body = await _off_loop_if_large(
+        kernel, params, data, body = await off_loop_if_large(
             len(request.data),
-            _decode_submission,
+            decode_submission,
             request.data,
             "application/json",
             self.kernels,
             self.max_input_samples,
         )
-        try:
-            task, _ = await self.scheduler.submit(
-                kernel.name,
-                params,
-                data,
-                priority=body.get("priority", 5),
-                timeout_s=float(body.get("timeout_s", self.default_timeout_s)),
-                max_retries=body.get("max_retries", 2),
-                idempotency_key=body.get("idempotency_key"),
-                submitted_by=f"bus:{request.source or 'anonymous'}",
-            )
-        except QueueFull as exc:
-            raise ServiceError("queue_full", str(exc)) from None
+        task, _ = await submit_checked(  # a full queue: Problem queue_full, as over HTTP
+            self.scheduler,
+            kernel,
+            params,
+            data,
+            body,
+            default_timeout_s=self.default_timeout_s,
+            submitted_by=f"bus:{request.source or 'anonymous'}",
+        )
         return task.public()
 
     def _task(self, task_id: str) -> Task:
@@ -296,7 +297,7 @@ class BusServices:
             raise ServiceError("task_has_no_result", f"task {task.id} ended {task.state}")
         size = sum(len(v["data"]) for v in stored.values() if isinstance(v, dict) and "data" in v)
         head = {"task_id": task.id, "kernel": task.kernel}
-        payload = await _off_loop_if_large(size, _render_json, head, stored)
+        payload = await off_loop_if_large(size, render_result_json, head, stored)
         if len(payload) > self.max_reply:
             raise ServiceError(
                 "result_too_large",

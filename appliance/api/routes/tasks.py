@@ -61,7 +61,7 @@ async def describe_kernel(name: str) -> Response:
 THREAD_ABOVE_BYTES = 64 * 1024
 
 
-def _decode_submission(
+def decode_submission(
     raw: bytes, content_type: str | None, kernels: dict, max_samples: int
 ) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
     """Body bytes -> (kernel, checked params, checked input array, body). Raises Problem."""
@@ -98,10 +98,38 @@ def _decode_submission(
     return kernel, params, data, body
 
 
-async def _off_loop_if_large(size: int, fn, *args):
+async def off_loop_if_large(size: int, fn, *args):
     if size > THREAD_ABOVE_BYTES:
         return await trio.to_thread.run_sync(fn, *args)
     return fn(*args)
+
+
+async def submit_checked(
+    tasks: Any,
+    kernel: Any,
+    params: dict[str, Any],
+    data: Any,
+    body: dict[str, Any],
+    *,
+    default_timeout_s: float,
+    submitted_by: str,
+) -> tuple[Task, bool]:
+    """Submit what `decode_submission` checked, with the body's options and their
+    defaults; (task, created). Problem 503 `queue_full` when the queue is full. The HTTP
+    route and the bus's `svc.tasks.submit` both submit through here."""
+    try:
+        return await tasks.submit(
+            kernel.name,
+            params,
+            data,
+            priority=body.get("priority", 5),
+            timeout_s=float(body.get("timeout_s", default_timeout_s)),
+            max_retries=body.get("max_retries", 2),
+            idempotency_key=body.get("idempotency_key"),
+            submitted_by=submitted_by,
+        )
+    except QueueFull as exc:
+        raise Problem(503, "queue_full", str(exc), headers={"Retry-After": "5"}) from None
 
 
 @blueprint.post("/api/v1/tasks")
@@ -109,28 +137,23 @@ async def _off_loop_if_large(size: int, fn, *args):
 async def submit_task() -> tuple[Response, int]:
     ctx = context()
     raw = await request.get_data()
-    kernel, params, data, body = await _off_loop_if_large(
+    kernel, params, data, body = await off_loop_if_large(
         len(raw),
-        _decode_submission,
+        decode_submission,
         raw,
         request.content_type,
         ctx.kernels,
         ctx.settings().tasks.max_input_samples,
     )
-    defaults = ctx.settings().tasks
-    try:
-        task, created = await scheduler().submit(
-            kernel.name,
-            params,
-            data,
-            priority=body.get("priority", 5),
-            timeout_s=float(body.get("timeout_s", defaults.default_timeout_s)),
-            max_retries=body.get("max_retries", 2),
-            idempotency_key=body.get("idempotency_key"),
-            submitted_by=g.principal.label,
-        )
-    except QueueFull as exc:
-        raise Problem(503, "queue_full", str(exc), headers={"Retry-After": "5"}) from None
+    task, created = await submit_checked(
+        scheduler(),
+        kernel,
+        params,
+        data,
+        body,
+        default_timeout_s=ctx.settings().tasks.default_timeout_s,
+        submitted_by=g.principal.label,
+    )
     g.audit_target = f"task:{task.id}"
     return jsonify(task.public()), 202 if created else 200
 
@@ -212,13 +235,13 @@ async def get_result(task_id: str) -> Response:
         ["application/json", CBOR], default="application/json"
     )
     if wanted == CBOR:
-        payload = await _off_loop_if_large(size, cbor2.dumps, {**body, "outputs": stored})
+        payload = await off_loop_if_large(size, cbor2.dumps, {**body, "outputs": stored})
         return Response(payload, content_type=CBOR)
-    payload = await _off_loop_if_large(size, _render_json, body, stored)
+    payload = await off_loop_if_large(size, render_result_json, body, stored)
     return Response(payload, content_type="application/json")
 
 
-def _render_json(body: dict[str, Any], stored: dict[str, Any]) -> bytes:
+def render_result_json(body: dict[str, Any], stored: dict[str, Any]) -> bytes:
     return json.dumps({**body, "outputs": storable_to_json(stored)}).encode()
 
 
