@@ -19,7 +19,16 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from bench import config_bench, http_bench, kernels_bench, startup_bench, store_bench, tasks_bench
+from bench import (
+    bus_bench,
+    config_bench,
+    http_bench,
+    kernels_bench,
+    ota_bench,
+    startup_bench,
+    store_bench,
+    tasks_bench,
+)
 from bench.common import RESULTS, Figure, disk_base, log
 
 # name -> (run function, hard time limit in seconds)
@@ -30,6 +39,8 @@ BENCHMARKS: dict[str, tuple[Callable[[], list[Figure]], int]] = {
     "tasks": (tasks_bench.run, 120),
     "startup": (startup_bench.run, 150),
     "config": (config_bench.run, 300),
+    "bus": (bus_bench.run, 300),
+    "ota": (ota_bench.run, 300),
 }
 
 

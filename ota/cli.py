@@ -1,4 +1,4 @@
-"""The `ota` command: keys, build, verify, inspect, trust roots. The operator's side.
+"""The `ota` command: keys, build, verify, inspect, trust roots, push. The operator's side.
 
     ota keygen --out NAME                  NAME.key (mode 0600) and NAME.pub
     ota build DIR --product P --version V --key NAME.key [...] --out FILE
@@ -7,21 +7,25 @@
     ota trust init --pubkey NAME.pub [...] --out ROOT
     ota trust rotate --current ROOT --new NEW_ROOT --key NAME.key [...] --out ROTATION
     ota trust apply --current ROOT ROTATION [--out NEW_ROOT]
+    ota push FILE --box URL [...] [--token T] [--parallel N] [--max-failures K]
+                                           stream it to boxes, follow each install
 
 Exit codes (docs/ota.md): 0 ok; 1 refused or failed (a bundle or rotation refused prints
 `error: <code>: <detail>` with the stable code from `ota.errors`; a build that cannot be
-made prints `ota: <why>`); 2 usage; 74 I/O error (a file that cannot be read or written,
+made prints `ota: <why>`; `push` prints a line per box, with the box's code for each
+failure); 2 usage; 74 I/O error (a file that cannot be read or written,
 or a key, trust root or rotation file that already exists); 78 bad configuration (a key or
 trust root file that is not valid).
 
 Everything here is a thin edge: argument parsing, files, and turning exceptions into one
 line and an exit code in `main`. The work is done by `ota.build`, `ota.files`,
-`ota.trust` and the sans-IO modules behind them.
+`ota.trust`, `ota.push` and the sans-IO modules behind them.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -29,11 +33,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import trio
+
 from ota.build import DAY, BuildError, build_bundle
 from ota.errors import OtaError
 from ota.files import read_header, verify_file
 from ota.keys import KeyFileError, PublicKey, SecretKey
 from ota.manifest import ANY_HARDWARE, parse_manifest
+from ota.push import push_bundle
 from ota.trust import MAX_TRUST_ROOT_BYTES, Rotation, TrustRoot, rotate, sign_rotation
 
 __all__ = ["main"]
@@ -229,6 +236,33 @@ def cmd_trust_apply(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("APPLIANCE_TOKEN")
+    if not token:
+        args.parser.error("give --token or set $APPLIANCE_TOKEN (an admin token of the boxes)")
+    if len(set(args.box)) != len(args.box):
+        args.parser.error("a box is given twice")
+    if not args.file.is_file():
+        raise FileNotFoundError(f"{args.file}: no such bundle file")
+    results = trio.run(
+        functools.partial(
+            push_bundle,
+            args.file,
+            args.box,
+            token,
+            parallel=args.parallel,
+            max_failures=args.max_failures,
+            per_box_s=args.timeout,
+            verify=str(args.cacert) if args.cacert else True,
+        )
+    )
+    for result in results:
+        print(result.line())
+    good = sum(result.ok for result in results)
+    print(f"{good} of {len(results)} boxes updated")
+    return OK if good == len(results) else FAILURE
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -327,6 +361,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--current", type=Path, required=True, metavar="ROOT")
     p.add_argument("--out", type=Path, metavar="NEW_ROOT", help="write the new root here")
     p.set_defaults(handler=cmd_trust_apply)
+    p = commands.add_parser("push", help="stream a bundle to boxes and follow each install")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument(
+        "--box",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="a box's base URL, e.g. http://10.0.0.7:8080 (repeat for a rollout)",
+    )
+    p.add_argument("--token", help="an admin token of the boxes (default: $APPLIANCE_TOKEN)")
+    p.add_argument(
+        "--parallel", type=_positive_int, default=1, metavar="N", help="boxes at once (1)"
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=0,
+        metavar="K",
+        help="stop starting boxes once more than K have failed (default 0)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="give up on a box after S seconds (default 900)",
+    )
+    p.add_argument("--cacert", type=Path, metavar="FILE", help="CA bundle for https boxes")
+    p.set_defaults(handler=cmd_push, parser=p)
     return parser
 
 

@@ -14,8 +14,9 @@ from appliance.api.context import ApiContext
 from appliance.api.front import Front
 from appliance.api.guard import MUTATING, identify
 from appliance.api.problems import CONTENT_TYPE, Problem, problem_for_exception
-from appliance.api.routes import admin, auth, config, system, tasks
+from appliance.api.routes import admin, auth, bus, config, ota, system, tasks
 from appliance.api.security import HSTS, SECURITY_HEADERS
+from appliance.ota.pacing import pace_bodies
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ def create_app(ctx: ApiContext) -> Front:
         PROVIDE_AUTOMATIC_OPTIONS=False,  # no CORS here: OPTIONS is a 405 like any other
     )
     app.json.sort_keys = False
-    for module in (system, auth, admin, tasks, config):
+    for module in (system, auth, admin, tasks, config, bus, ota):
         app.register_blueprint(module.blueprint)
+    # Streamed uploads are read at the handler's pace, not buffered (appliance/ota/pacing.py).
+    app.asgi_app = pace_bodies(app.asgi_app, {ota.BUNDLES_PATH})
 
     @app.before_request
     async def before() -> None:
@@ -88,7 +91,12 @@ def create_app(ctx: ApiContext) -> Front:
 LARGE_BODY_ENDPOINTS: dict[str, Callable[[Settings], int]] = {
     "tasks.submit_task": lambda settings: settings.tasks.max_input_bytes,
     "config.add_version": config.version_body_limit,
+    "bus.publish_message": bus.publish_body_limit,
+    ota.UPLOAD_ENDPOINT: ota.bundle_body_limit,
 }
+# Routes that enforce their limit themselves while they stream the body (an OTA upload
+# over it is a failed job with the code too_large, not a bare 413 before the route).
+SELF_LIMITED_ENDPOINTS = frozenset({ota.UPLOAD_ENDPOINT})
 
 
 def _limit_body(ctx: ApiContext) -> None:
@@ -100,6 +108,8 @@ def _limit_body(ctx: ApiContext) -> None:
     endpoint = request.url_rule.endpoint if request.url_rule is not None else None
     large = LARGE_BODY_ENDPOINTS.get(endpoint) if endpoint else None
     limit = large(settings) if large else settings.http.max_body_bytes
+    if endpoint in SELF_LIMITED_ENDPOINTS:
+        return
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
     request.body._max_content_length = limit

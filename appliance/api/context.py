@@ -31,3 +31,5 @@ class ApiContext:
     scheduler: Any = None  # appliance.tasks.Scheduler once the task nursery runs
     stopping: trio.Event = field(default_factory=trio.Event)  # set when the stop begins
     config: Any = None  # appliance.config.service.ConfigService
+    bus: Any = None  # appliance.bus.endpoint.BusEndpoint once the endpoint serves
+    ota: Any = None  # appliance.ota.OtaService

@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from appliance import __version__
+from appliance.api import openapi_ota
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 ROLE_NOTE = "Needs the `{}` role (or higher)."
@@ -61,6 +62,15 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
         "schema": schema,
     }
 
+
+# A token's own bus topic patterns (docs/bus-protocol.md §4.2): replace the role's, within it.
+_BUS_PATTERNS = {
+    "type": "array",
+    "maxItems": 32,
+    "items": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Bus topic patterns replacing the role's defaults, never beyond them; "
+    "422 invalid_pattern or pattern_exceeds_role otherwise",
+}
 
 SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -112,6 +122,8 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": {"type": ["number", "null"]},
             "revoked_at": {"type": ["number", "null"]},
             "created_by": {"type": "string"},
+            "bus_publish": {"type": ["array", "null"], "items": {"type": "string"}},
+            "bus_subscribe": {"type": ["array", "null"], "items": {"type": "string"}},
         },
     },
     "NewToken": {
@@ -122,6 +134,8 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string", "minLength": 1, "maxLength": 64},
             "role": {"enum": ["viewer", "operator", "admin"]},
             "ttl_s": {"type": "number", "minimum": 60, "maximum": 315360000},
+            "bus_publish": _BUS_PATTERNS,
+            "bus_subscribe": _BUS_PATTERNS,
         },
     },
     "AuditEntry": {
@@ -807,6 +821,148 @@ PATHS.update(
         },
     }
 )
+
+_COUNTS = {"type": "integer", "minimum": 0}
+SCHEMAS["BusConnection"] = {
+    "type": "object",
+    "description": "One bus connection. Counters are payload messages and bytes: `in` what "
+    "it published, `out` the deliveries queued for it, `dropped` those lost to its "
+    "slow-consumer policies (the gaps it is told about).",
+    "properties": {
+        "id": {"type": "integer"},
+        "state": {"enum": ["hello", "established", "closing", "closed"]},
+        "node": {
+            "type": ["object", "null"],
+            "description": "its node record (docs/bus-protocol.md), if its hello had one",
+        },
+        "principal": {
+            "type": ["object", "null"],
+            "properties": {"name": {"type": "string"}, "role": {"type": "string"}},
+        },
+        "link": {"type": "boolean", "description": "another endpoint linked to this one"},
+        "subscriptions": _COUNTS,
+        "transport": {"enum": ["unix", "tcp"]},
+        "remote": {"type": "string", "description": "host:port over TCP, empty over Unix"},
+        "connected_since": {"type": "number", "description": "Unix time"},
+        "messages_in": _COUNTS,
+        "bytes_in": _COUNTS,
+        "messages_out": _COUNTS,
+        "bytes_out": _COUNTS,
+        "dropped": _COUNTS,
+    },
+}
+SCHEMAS["BusTopic"] = {
+    "type": "object",
+    "properties": {
+        "topic": {"type": "string"},
+        "messages": _COUNTS,
+        "bytes": _COUNTS,
+        "deliveries": _COUNTS,
+        "dropped": _COUNTS,
+        "rate": {"type": "number", "description": "messages/s over the last window_s seconds"},
+        "retained": {"type": "boolean", "description": "the topic holds a retained value"},
+    },
+}
+SCHEMAS["BusMessage"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["topic"],
+    "properties": {
+        "topic": {"type": "string", "maxLength": 255, "description": "a topic, no wildcards"},
+        "data": {"type": "string", "description": "the payload as UTF-8 text"},
+        "data_base64": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "the payload as base64 (not with data)",
+        },
+        "retain": {"type": "boolean", "default": False},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+PATHS.update(
+    {
+        "/api/v1/bus/peers": {
+            "get": _op(
+                "The bus endpoint's node record and its connections; with ?selector= only "
+                "those whose node labels match (400 invalid_selector for a bad one)",
+                "viewer",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "endpoint": {"type": "object"},
+                            "connections": {"type": "array", "items": _ref("BusConnection")},
+                        },
+                    }
+                ),
+                params=[
+                    _query(
+                        "selector",
+                        "Label selector: key=value, key!=value, key in (a,b), key notin (a,b), "
+                        "key, !key; comma = and",
+                        {"type": "string", "maxLength": 4096},
+                    )
+                ],
+            )
+        },
+        "/api/v1/bus/topics": {
+            "get": _op(
+                "Topics seen recently (at most 10,000 are tracked, least recently published "
+                "forgotten first) and topics holding a retained value, by name, with counts "
+                "and message rates",
+                "viewer",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "topics": {"type": "array", "items": _ref("BusTopic")},
+                            "truncated": {"type": "boolean"},
+                            "tracked": _COUNTS,
+                            "max_tracked": _COUNTS,
+                            "evicted": _COUNTS,
+                            "window_s": _COUNTS,
+                            "totals": {"type": "object"},
+                        },
+                    }
+                ),
+                params=[
+                    _query("prefix", "Only topics starting with this", {"type": "string"}),
+                    _query(
+                        "limit",
+                        "At most this many (default 1000)",
+                        {"type": "integer", "minimum": 1, "maximum": 10000},
+                    ),
+                ],
+            )
+        },
+        "/api/v1/bus/publish": {
+            "post": _op(
+                "Publish a message on the bus as the endpoint (202 with the number of "
+                "deliveries queued). 422 invalid_topic, 413 message_too_large over the bus "
+                "frame, 403 when the token's bus patterns do not allow the topic",
+                "operator",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "topic": {"type": "string"},
+                            "bytes": _COUNTS,
+                            "retained": {"type": "boolean"},
+                            "deliveries": _COUNTS,
+                        },
+                    },
+                    "Accepted",
+                ),
+                body=_ref("BusMessage"),
+                ok_status="202",
+            )
+        },
+    }
+)
+
+_OTA_PATHS, _OTA_SCHEMAS = openapi_ota.describe(_op, _json, _ref)
+PATHS.update(_OTA_PATHS)
+SCHEMAS.update(_OTA_SCHEMAS)
 
 # `/metrics` at the root is the same handler as `/api/v1/metrics`, for Prometheus defaults.
 PATHS["/metrics"] = PATHS["/api/v1/metrics"]

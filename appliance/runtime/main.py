@@ -4,10 +4,12 @@ The tree (see docs/architecture.md):
 
     root nursery
     ├── store writer            (group commit; started first, stopped last)
+    ├── ota service             (settles install jobs; on trial: commits once healthy)
     ├── config follower         (replica only: follows its hub's feed, or etcd)
     ├── settings overlay        (only with config.settings_key: live settings from a key)
     ├── bus endpoint            (Unix socket and TCP; closes its connections on stop)
     ├── task scheduler          (recovery, then one worker per CPU slot, result cleanup)
+    ├── bus services            (svc.config, svc.tasks, svc.health; config.changed.*)
     ├── watchdog                (WATCHDOG=1 while the loop and the store are healthy)
     ├── signal handler          (SIGTERM/SIGINT: stop; SIGHUP: reload)
     ├── kernel warm-up          (compiles or loads every kernel in a worker thread)
@@ -32,12 +34,16 @@ import trio
 
 from appliance import __version__
 from appliance.api import ApiContext, Metrics, create_app, serve_http
+from appliance.api.bus_metrics import BusCollector
 from appliance.auth import AuditLog, RateLimiter, SessionStore, TokenStore
 from appliance.bus import NodeRecord, token_authenticator
 from appliance.bus.endpoint import BusEndpoint
 from appliance.bus.messages import Host
+from appliance.bus.peer import Limits
+from appliance.bus.services import BusServices
 from appliance.config import ConfigError, ConfigKey, parse_key
 from appliance.config.service import ConfigService
+from appliance.ota import OtaService
 from appliance.runtime.compute import build_scheduler, load_kernel_library, warm_kernels
 from appliance.runtime.configure import build_config, start_config
 from appliance.runtime.endpoints import http_url, write_endpoints
@@ -68,6 +74,7 @@ class Runtime:
     # overlay on top (appliance/settings/overlay.py); `overlay` is the one in force.
     overlay: dict[str, object] = field(default_factory=dict)
     local: Settings | None = None  # the settings from `sources` alone, before the overlay
+    exit_code: int = 0  # 75 after an OTA switch: systemd restarts into the other slot
 
 
 class StartupError(Exception):
@@ -90,7 +97,7 @@ def run(settings: Settings, sources: SettingsSources) -> int:
     try:
         runtime = Runtime(settings, sources, Notifier(), local=settings)
         trio.run(_main, runtime)
-        return 0
+        return runtime.exit_code
     except BaseExceptionGroup as group:
         raise _sole_cause(group) from None
     finally:
@@ -134,6 +141,11 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     settings = rt.settings
     await nursery.start(store.serve)
     rt.health.probe("store", lambda: _store_health(store))
+    ota = OtaService(lambda: rt.settings.ota, store, rt.health, lambda code: _restart(rt, code))
+    await nursery.start(ota.serve)
+    if rt.stop_requested.is_set():  # running from a slot that is no longer current
+        nursery.cancel_scope.cancel()
+        return
 
     tokens = TokenStore(store)
     token_file = settings.data_dir / "admin.token"
@@ -159,6 +171,13 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
         tcp=(settings.bus.tcp.host, settings.bus.tcp.port),
         max_frame=settings.bus.max_frame,
         max_bad_crc=settings.bus.max_bad_crc,
+        limits=Limits(
+            ping_timeout=settings.bus.ping_timeout_s,
+            stream_keep=settings.bus.stream_keep_s,
+            stream_buffer=settings.bus.stream_buffer,
+        ),
+        links=settings.bus.links,
+        link_token=settings.bus.link_token or None,
     )
     try:
         bus_addresses = await nursery.start(bus.serve)
@@ -169,12 +188,24 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
         reason = cause.strerror or str(cause)
         raise StartupError(f"cannot listen for the bus on {bus.unix_path}: {reason}") from None
     rt.health.probe("bus", lambda: ComponentHealth(*bus.health()))
+    metrics.registry.register(BusCollector(bus.stats))
 
     rt.notifier.notify(STATUS="loading kernels")
     kernels = load_kernel_library(settings)
     kernels_ready = trio.Event()
     scheduler = build_scheduler(settings, store, kernels, metrics, kernels_ready)
     await nursery.start(scheduler.serve)
+    bus_services = BusServices(
+        bus,
+        health=rt.health,
+        config=config,
+        scheduler=scheduler,
+        kernels=kernels,
+        default_timeout_s=settings.tasks.default_timeout_s,
+        max_input_samples=settings.tasks.max_input_samples,
+        max_frame=settings.bus.max_frame,
+    )
+    await nursery.start(bus_services.serve)
     ctx = ApiContext(
         settings=lambda: rt.settings,
         store=store,
@@ -188,6 +219,8 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
         scheduler=scheduler,
         stopping=rt.stop_requested,
         config=config,
+        bus=bus,
+        ota=ota,
     )
 
     interval = watchdog_interval_s(os.environ, os.getpid())
@@ -227,6 +260,7 @@ async def _start_services(rt: Runtime, store: Store, nursery: trio.Nursery) -> N
     rt.health.phase = "stopping"
     rt.notifier.notify(STOPPING=1, STATUS="stopping: closing bus connections, draining HTTP")
     with trio.move_on_after(bus.limits.close_grace + 1.0):
+        await bus_services.stop()  # its own connection first, as a client says goodbye
         await bus.stop()  # going_away to every connection; HTTP drains meanwhile
     log.info(
         "stopping: draining in-flight HTTP requests (up to %.0f s)",
@@ -250,6 +284,13 @@ async def _run_http(
         done.set()
     if not rt.stop_requested.is_set():
         raise RuntimeError("the HTTP server stopped on its own")
+
+
+def _restart(rt: Runtime, exit_code: int) -> None:
+    """Stop gracefully and exit `exit_code` (75: into the other slot; 1: a failed start)."""
+    log.info("stopping to restart (exit %d)", exit_code)
+    rt.exit_code = exit_code
+    rt.stop_requested.set()
 
 
 async def _handle_signals(

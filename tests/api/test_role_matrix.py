@@ -336,6 +336,26 @@ def check_bus_not_published(world: World, prepared: dict) -> None:
 CONFIG_KEY = "/api/v1/config/{tenant}/{app}/{env}/{name}"
 
 
+def refused_as(status: int, code: str) -> Callable[[World, httpx.Response, dict], None]:
+    """The allowed caller's outcome where the shared appliance cannot do more: OTA without
+    a slot root (tests/ota/device runs the real installs on boxes that have one)."""
+
+    def check(world: World, response: httpx.Response, prepared: dict) -> None:
+        assert response.status_code == status
+        assert response.json()["code"] == code
+
+    return check
+
+
+def build_ota_job(world: World, secret: str | None) -> dict[str, Any]:
+    return {"headers": bearer(secret), "path": "/api/v1/ota/jobs/no-such-job"}
+
+
+def build_ota_bundle(world: World, secret: str | None) -> dict[str, Any]:
+    headers = {**bearer(secret), "Content-Type": "application/octet-stream"}
+    return {"headers": headers, "content": b"APPLIANCE-OTA\n"}
+
+
 def on_key(suffix: str = "") -> Callable[[World, str | None], dict[str, Any]]:
     def build(world: World, secret: str | None) -> dict[str, Any]:
         key = world.config_key()
@@ -509,6 +529,27 @@ CASES: dict[tuple[str, str], Case] = {
             check_bus_published,
             check_bus_not_published,
         ),
+        Case("GET", "/api/v1/ota/status", "viewer", 200, plain, ok_json("running")),
+        Case(
+            "GET",
+            "/api/v1/ota/jobs/{job_id}",
+            "viewer",
+            404,
+            build_ota_job,
+            refused_as(404, "job_not_found"),
+        ),
+        Case(
+            "POST",
+            "/api/v1/ota/bundles",
+            "admin",
+            503,
+            build_ota_bundle,
+            refused_as(503, "ota_unavailable"),
+        ),
+        Case("POST", "/api/v1/ota/commit", "admin", 503, plain, refused_as(503, "ota_unavailable")),
+        Case(
+            "POST", "/api/v1/ota/rollback", "admin", 503, plain, refused_as(503, "ota_unavailable")
+        ),
     ]
 }
 
@@ -634,7 +675,7 @@ def test_role_matrix(world, assert_problem, key, caller):
     secret = world.secret(caller)
     prepared = case.build(world, secret)
     path = prepared.get("path", case.path)
-    kwargs = {k: v for k, v in prepared.items() if k in ("headers", "json")}
+    kwargs = {k: v for k, v in prepared.items() if k in ("headers", "json", "content")}
     with (
         httpx.Client(base_url=world.appliance.url, timeout=10) as http,
         http.stream(case.method, path, **kwargs) as response,

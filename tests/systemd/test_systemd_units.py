@@ -30,7 +30,7 @@ UNIT_FILES = sorted(p for p in UNIT_DIR.iterdir() if p.suffix in UNIT_SUFFIXES)
 
 # Installed location of the console script; verify needs a real executable there.
 VENV_BIN = "/opt/appliance/venv/bin/"
-EXEC_START = "/opt/appliance/venv/bin/appliance run"
+EXEC_START = "/opt/appliance/venv/bin/python -m appliance run"
 MAX_EXPOSURE = 2.0
 HOST_ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow")
 

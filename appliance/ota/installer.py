@@ -1,0 +1,220 @@
+"""From an upload stream to a verified tree in the staging slot: the trio side of an install.
+
+`receive_bundle(chunks, ...)` reads the upload once, front to back, and never keeps more
+than a few MiB of it:
+
+1. the header, fed to `ota.HeaderReader` (size-capped before it is buffered);
+2. `DevicePolicy.check`: signatures, then the manifest and the box's policy; nothing
+   after the header is looked at before this passes, and nothing on the box has changed
+   yet (a refusal here leaves the slots and the store exactly as they were);
+3. `stage(manifest)`: the service empties the inactive slot and says where it is;
+4. the payload, gathered into batches of about 1 MiB and handed through a one-slot
+   channel to a worker thread running `StagingWriter.feed`, which hashes each file's bytes
+   and writes the very same buffer to disk; the event loop receives the next batch
+   meanwhile. The upload is then `finish`ed: every file matched its signed sha256.
+
+Limits, each ending the upload at once with its code: more bytes than `limit` before the
+header says how large the bundle is (`too_large`), then any byte beyond the declared size
+(`trailing_data`, so an endless upload is cut off as soon as it overflows); a
+`Content-Length` that disagrees with the declared size (`truncated` or `trailing_data`,
+before a payload byte is read); no byte for `stall_timeout` seconds (`stalled`).
+
+`JobTracker` keeps the live job: progress in memory (read by `GET /ota/jobs/{id}`), each
+change of state saved durably before the install goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from appliance.ota.errors import DeviceCode, OtaRefused
+from appliance.ota.jobs import Job, JobState, advance
+from appliance.ota.policy import DevicePolicy
+from appliance.ota.records import OtaRecords
+from appliance.ota.staging import StagingWriter
+from ota import ErrorCode, HeaderReader, Manifest, OtaError
+
+__all__ = ["BATCH_BYTES", "JobTracker", "Received", "UploadStream", "receive_bundle"]
+
+BATCH_BYTES = 1 << 20
+
+
+class JobTracker:
+    """The job of the install under way: moves saved before they are acted on."""
+
+    def __init__(self, records: OtaRecords, job: Job) -> None:
+        self.records = records
+        self.job = job
+
+    async def move(self, state: JobState, **changes: Any) -> Job:
+        self.job = advance(self.job, state, **changes)
+        await self.records.save(self.job)
+        return self.job
+
+    def progress(self, **changes: Any) -> None:
+        """Counters only, kept in memory (a restart settles the job anyway)."""
+        self.job = dataclasses.replace(self.job, **changes)
+
+
+class UploadStream:
+    """The upload's chunks with the size limit and the stall timeout applied."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        limit: int,
+        stall_timeout: float,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._chunks = chunks
+        self.limit = limit
+        self.over_limit = ErrorCode.TOO_LARGE
+        self.stall_timeout = stall_timeout
+        self.received = 0
+        self._on_bytes = on_bytes
+
+    def expect(self, size: int) -> None:
+        """The bundle declared its size: any byte beyond it is `trailing_data`."""
+        self.limit = size
+        self.over_limit = ErrorCode.TRAILING_DATA
+
+    async def read(self) -> bytes | None:
+        """The next chunk, or None at the end of the upload."""
+        with trio.move_on_after(self.stall_timeout) as waited:
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                return None
+        if waited.cancelled_caught:
+            raise OtaRefused(
+                408,
+                DeviceCode.STALLED,
+                f"nothing received for {self.stall_timeout:g} s after {self.received} bytes",
+            )
+        self.received += len(chunk)
+        self._on_bytes(self.received)
+        if self.received > self.limit:
+            if self.over_limit is ErrorCode.TOO_LARGE:
+                detail = f"the upload passed the limit of {self.limit} bytes"
+            else:
+                detail = f"data after the end of the bundle ({self.limit} bytes)"
+            raise OtaError(self.over_limit, detail)
+        return chunk
+
+
+@dataclass(frozen=True)
+class Received:
+    manifest: Manifest
+    directory: Path
+
+
+async def receive_bundle(
+    stream: UploadStream,
+    policy: DevicePolicy,
+    *,
+    content_length: int | None,
+    header_read: Callable[[], Awaitable[None]],
+    verified: Callable[[Manifest, int], Awaitable[Path]],
+    on_files: Callable[[int], None],
+) -> Received:
+    """Read, verify and stage the bundle on `stream` (module docstring). `header_read()`
+    is awaited once the header is in, before it is checked; `verified(manifest,
+    bundle_size)` once it passed: it empties the staging slot and gives its directory.
+    Raises `OtaError` or `OtaRefused`; the caller clears the slot then."""
+    if content_length is not None and content_length > stream.limit:
+        raise OtaError(
+            ErrorCode.TOO_LARGE,
+            f"Content-Length {content_length} is over the limit of {stream.limit} bytes",
+        )
+    header_reader = HeaderReader()
+    rest = memoryview(b"")
+    while header_reader.header is None:
+        chunk = await stream.read()
+        if chunk is None:
+            header_reader.receive_eof()
+            break
+        used = header_reader.feed(chunk)
+        rest = memoryview(chunk)[used:]
+    header = header_reader.header
+    assert header is not None
+
+    await header_read()
+    manifest = policy.check(header)
+    bundle_size = header.size + manifest.total_size
+    if content_length is not None and content_length != bundle_size:
+        code = ErrorCode.TRUNCATED if content_length < bundle_size else ErrorCode.TRAILING_DATA
+        raise OtaError(
+            code, f"Content-Length is {content_length} bytes, the bundle declares {bundle_size}"
+        )
+    stream.expect(bundle_size)
+    if stream.received > bundle_size:
+        raise OtaError(ErrorCode.TRAILING_DATA, f"data after the end of the bundle ({bundle_size})")
+    directory = await verified(manifest, bundle_size)
+
+    writer = StagingWriter(directory, manifest)
+    try:
+        await _stream_payload(stream, writer, rest, on_files)
+    finally:
+        writer.close()
+    return Received(manifest, directory)
+
+
+async def _stream_payload(
+    stream: UploadStream,
+    writer: StagingWriter,
+    first: memoryview,
+    on_files: Callable[[int], None],
+) -> None:
+    send, receive = trio.open_memory_channel[list[Any]](1)
+
+    async def write() -> None:
+        async with receive:
+            async for batch in receive:
+                await trio.to_thread.run_sync(writer.feed, batch)
+                on_files(writer.files_done)
+        await trio.to_thread.run_sync(writer.finish)
+        on_files(writer.files_done)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            async with send:
+                batch: list[Any] = [first] if first else []
+                size = len(first)
+                while (chunk := await stream.read()) is not None:
+                    batch.append(chunk)
+                    size += len(chunk)
+                    if size >= BATCH_BYTES:
+                        await send.send(batch)
+                        batch, size = [], 0
+                if batch:
+                    await send.send(batch)
+    except BaseExceptionGroup as group:
+        raise _first_cause(group) from None
+
+
+def _first_cause(group: BaseExceptionGroup) -> BaseException:
+    """The error that ended the payload: a verdict on the bundle before anything else (a
+    writer that refused the data cancels the reader, whose Cancelled is only a result)."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    for kinds in ((OtaError, OtaRefused), (Exception,)):
+        for leaf in leaves:
+            if isinstance(leaf, kinds):
+                return leaf
+    return leaves[0]
