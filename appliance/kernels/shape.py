@@ -95,7 +95,47 @@ register(
 
 
 @njit(nogil=True, cache=True)
+def _ordered_range(x):
+    """(min, max) of the samples, NaN skipped (it fails every comparison), in four
+    interleaved partials with no branch."""
+    l0 = l1 = l2 = l3 = np.inf
+    h0 = h1 = h2 = h3 = -np.inf
+    n = x.size
+    i = 0
+    while i + 4 <= n:
+        a = np.float64(x[i])
+        b = np.float64(x[i + 1])
+        c = np.float64(x[i + 2])
+        d = np.float64(x[i + 3])
+        l0 = a if a < l0 else l0
+        h0 = a if a > h0 else h0
+        l1 = b if b < l1 else l1
+        h1 = b if b > h1 else h1
+        l2 = c if c < l2 else l2
+        h2 = c if c > h2 else h2
+        l3 = d if d < l3 else l3
+        h3 = d if d > h3 else h3
+        i += 4
+    for j in range(i, n):
+        a = np.float64(x[j])
+        l0 = a if a < l0 else l0
+        h0 = a if a > h0 else h0
+    return min(min(l0, l1), min(l2, l3)), max(max(h0, h1), max(h2, h3))
+
+
+@njit(nogil=True, cache=True)
 def _finite_range(x):
+    """(min, max, found) over the finite samples. Without infinities (the usual case) the
+    plain min and max are those, from a loop with no branch; a min of -inf or a max of +inf
+    sends the data through `_finite_range_skipping_inf`."""
+    low, high = _ordered_range(x)
+    if low == -np.inf or high == np.inf:
+        return _finite_range_skipping_inf(x)
+    return low, high, low <= high
+
+
+@njit(nogil=True, cache=True)
+def _finite_range_skipping_inf(x):
     """(min, max, found) over the finite samples, in four interleaved partials."""
     low0 = low1 = low2 = low3 = np.inf
     high0 = high1 = high2 = high3 = -np.inf
@@ -135,6 +175,23 @@ def _finite_range(x):
     return low, high, low <= high
 
 
+_HISTOGRAM_BLOCK = 512  # samples classified together, then counted
+
+
+@njit(nogil=True, cache=True)
+def _numpy_bin(v, edges, bins, span, scaled, factor):
+    """numpy.histogram's bin for a value v in [edges[0], edges[-1]]."""
+    first = edges[0]
+    index = int((v - first) * factor) if scaled else int((v - first) / span * bins)
+    if index == bins:
+        index -= 1
+    if v < edges[index]:
+        index -= 1
+    if v >= edges[index + 1] and index != bins - 1:
+        index += 1
+    return index
+
+
 @njit(nogil=True, cache=True)
 def _histogram(x, edges, counts):
     """Count x into the equal-width bins given by `edges` the way numpy.histogram does;
@@ -145,10 +202,14 @@ def _histogram(x, edges, counts):
     small fraction of a bin (their rounding, a few eps·max|edge|, is under 2^-36·bins·the
     bin width), that makes the bin the one whose edges hold the value. Then the scaled
     index is (v - first) · (bins / span), a multiplication instead of a division, and a
-    value more than 2^-10 of a bin from a computed edge is in bin floor(index) with no need
-    to look at the edges; the others are corrected as numpy does. Otherwise numpy's
-    arithmetic is repeated as is. Counts go to four interleaved copies of the bins, summed
-    at the end, so that runs of values in one bin are not serialised on one counter."""
+    value inside the range and more than 2^-10 of a bin from a computed edge is in bin
+    floor(index) with no need to look at the edges. Each block of samples is first
+    classified that way by a loop with no branch (it vectorises): the bin's counter, or -1
+    for "look closer". Then a second loop counts; the samples marked -1 (NaN, outside,
+    near an edge, or every sample when the edges are not accurate enough) go through
+    numpy's arithmetic as is (`_numpy_bin`). Counts go to four interleaved copies of the
+    bins, summed at the end, so that runs of values in one bin are not serialised on one
+    counter."""
     bins = counts.size
     first = edges[0]
     last = edges[bins]
@@ -156,35 +217,43 @@ def _histogram(x, edges, counts):
     scaled = max(abs(first), abs(last)) * bins < span * 2.0**36
     factor = bins / span
     near = 2.0**-10
-    partial = np.zeros((4, bins), np.int64)
+    partial = np.zeros(4 * bins, np.int64)  # copy k of bin b at k·bins + b
     nans = 0
     outside = 0
-    for i in range(x.size):
-        v = np.float64(x[i])
-        if not first <= v <= last:
-            if np.isnan(v):
-                nans += 1
-            else:
-                outside += 1
-            continue
+    slots = np.empty(_HISTOGRAM_BLOCK, np.int32)  # bins <= 4096: 4·bins fits
+    copies = np.empty(_HISTOGRAM_BLOCK, np.int32)
+    for i in range(_HISTOGRAM_BLOCK):
+        copies[i] = (i & 3) * bins
+    for start in range(0, x.size, _HISTOGRAM_BLOCK):
+        size = min(_HISTOGRAM_BLOCK, x.size - start)
+        block = x[start : start + size]  # a view: plain indices, no wraparound checks
         if scaled:
-            position = (v - first) * factor
-            index = int(position)
-            if near < position - index < 1.0 - near:
-                partial[i & 3, index] += 1
-                continue
+            for i in range(size):
+                v = np.float64(block[i])
+                inside = (v >= first) & (v <= last)  # & not `and`: no branch (NaN: False)
+                position = (v - first) * factor if inside else 0.5  # kept finite
+                whole = np.floor(position)
+                fraction = position - whole
+                clear = inside & (fraction > near) & (fraction < 1.0 - near)
+                slots[i] = np.int32(whole) + copies[i] if clear else np.int32(-1)
         else:
-            index = int((v - first) / span * bins)
-        if index == bins:
-            index -= 1
-        if v < edges[index]:
-            index -= 1
-        if v >= edges[index + 1] and index != bins - 1:
-            index += 1
-        partial[i & 3, index] += 1
-    for row in range(4):
+            slots[:size] = -1
+        for i in range(size):
+            slot = slots[i]
+            if slot >= 0:
+                partial[slot] += 1
+                continue
+            v = np.float64(block[i])
+            if not first <= v <= last:
+                if np.isnan(v):
+                    nans += 1
+                else:
+                    outside += 1
+                continue
+            partial[copies[i] + _numpy_bin(v, edges, bins, span, scaled, factor)] += 1
+    for copy in range(4):
         for index in range(bins):
-            counts[index] += partial[row, index]
+            counts[index] += partial[copy * bins + index]
     return nans, outside
 
 

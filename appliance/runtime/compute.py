@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from appliance.api.metrics import Metrics
-from appliance.kernels import Kernel, load_kernels, warm_all
+from appliance.kernels import Kernel, load_kernels, release_compiler_pages, warm_all
 from appliance.runtime.health import Health
 from appliance.runtime.sdnotify import Notifier
 from appliance.settings import Settings
@@ -33,7 +33,8 @@ async def warm_kernels(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Compile (or load from numba's cache) every kernel in a worker thread; /health shows
-    `kernels: starting` and STATUS= the progress until it is done."""
+    `kernels: starting` and STATUS= the progress until it is done. Then the same thread
+    gives back the memory only the loading needed (LLVM's code pages, the heap's tail)."""
     total = len(kernels)
     health.set("kernels", "starting", f"0/{total} compiled")
     task_status.started()
@@ -46,12 +47,21 @@ async def warm_kernels(
         health.set("kernels", "starting", f"{done}/{total} compiled (last: {name})")
         notifier.notify(STATUS=f"compiling kernels: {done}/{total}")
 
+    def load() -> int:
+        warm_all(kernels, progress)
+        return release_compiler_pages()
+
     # Abandoned on stop: a SIGTERM during a cold compile must not wait for the compiler
     # (it would outlast TimeoutStopSec); numba writes each cache file whole or not at all.
-    await trio.to_thread.run_sync(warm_all, kernels, progress, abandon_on_cancel=True)
+    released_kib = await trio.to_thread.run_sync(load, abandon_on_cancel=True)
     elapsed = time.monotonic() - started
     health.set("kernels", "ok", f"{total} kernels ready ({elapsed:.1f} s to load)")
-    log.info("%d kernels ready in %.1f s", total, elapsed)
+    log.info(
+        "%d kernels ready in %.1f s (%.0f MiB of compiler pages released)",
+        total,
+        elapsed,
+        released_kib / 1024,
+    )
     ready.set()
 
 

@@ -74,6 +74,11 @@ def _checked_run(kernel: Kernel, data, params: dict[str, Any], nice: int) -> dic
     record written by an older version must not reach numba unchecked. The kernel runs
     below the event loop's priority when `nice` > 0."""
     checked = kernel.check_params(params)
+    if not data.flags.writeable:
+        # Input read back from the store is a view of immutable bytes, and numba compiles a
+        # separate specialisation for read-only arrays, which the warm-up does not load: a
+        # copy (here, off the loop) keeps the compiler off the request path.
+        data = data.copy()
     with lowered_priority(nice):
         return kernel.run(data, checked)
 

@@ -149,6 +149,25 @@ def test_histogram_matches_numpy(dtype, data, bins, chosen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_histogram_auto_range_is_the_span_of_the_finite_samples(dtype, data):
+    # Without ±inf the range comes from a branch-free min/max; with either, from the loop
+    # that skips them: both must give the finite span.
+    special = st.sampled_from([math.nan, math.inf, -math.inf])
+    elements = st.one_of(values(dtype), special) if data.draw(st.booleans()) else values(dtype)
+    x = data.draw(arrays(dtype, st.integers(0, 40), elements=elements))
+    edges = KERNELS["histogram"](x, {"bins": 1})["edges"].tolist()
+    finite = x[np.isfinite(x)].astype(np.float64)
+    if finite.size == 0:
+        assert edges == [0.0, 1.0]
+    elif finite.min() == finite.max():
+        assert edges == [finite.min() - 0.5, finite.max() + 0.5]
+    else:
+        assert edges == [finite.min(), finite.max()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_histogram_edges(dtype):
     histogram = KERNELS["histogram"]
     empty = histogram(np.array([], dtype=dtype), {"bins": 2})

@@ -442,3 +442,19 @@ async def test_kernels_run_below_the_loop_priority(store):
     assert nice == min(base + 7, 19)
     # The thread goes back to trio's cache at its old priority.
     assert os.getpriority(os.PRIO_PROCESS, thread) == base
+
+
+async def test_tasks_run_the_warmed_specialisation_without_compiling(store):
+    # Inputs come back from the store read-only; numba would compile a new specialisation
+    # for them on the request path instead of using the one loaded at start-up.
+    from appliance.kernels.stats import _rms
+
+    REAL["rms"].warm()
+    before = list(_rms.signatures)
+    async with trio.open_nursery() as nursery:
+        await store_and_scheduler(nursery, store)
+        task = await submit(nursery.scheduler, "rms", (3.0, 4.0, 3.0, 4.0))
+        done = await wait_finished(nursery.scheduler, task.id)
+        nursery.cancel_scope.cancel()
+    assert done.state is TaskState.SUCCEEDED
+    assert list(_rms.signatures) == before
