@@ -18,11 +18,15 @@ is lost or duplicated (`tests/bus/test_streams.py` kills a receiver to check).
 
 Errors: `StreamStopped` (the receiver or the endpoint refused our stream: `reason` is a
 close reason such as `no_destination` or `stream_expired`), `StreamReset` (the sender
-went away before the end: `sender_gone`), both `BusClientError`s.
+went away before the end: `sender_gone`), both `BusClientError`s, and `ConnectionClosed`
+when the stream's connection ends. Streams belong to one connection (`ClientStreams`, the
+books of one): a reconnecting client does not carry them over; the endpoint resumes the
+streams sent to it on the new connection, as new readers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +41,7 @@ from appliance.bus.reasons import LocalProtocolError
 
 if TYPE_CHECKING:
     from appliance.bus.client import BusClient
+    from appliance.bus.connection import Connection
 
 INCOMING_STREAMS = 16  # streams sent to us and not yet accepted
 
@@ -66,8 +71,11 @@ class Chunk:
 
 
 class StreamWriter:
-    def __init__(self, client: BusClient, stream_id: int, destination: str) -> None:
+    def __init__(
+        self, client: BusClient, books: ClientStreams, stream_id: int, destination: str
+    ) -> None:
         self._client = client
+        self._books = books
         self.stream_id = stream_id
         self.destination = destination
         self._acked = Signal()
@@ -98,13 +106,13 @@ class StreamWriter:
     async def reset(self, reason: str = "normal", text: str = "") -> None:
         """Abandon the stream (the receiver gets `reset_stream`)."""
         await self._client._stream_control(
-            lambda conn: conn.stream_reset(self.stream_id, reason, text)
+            self._books, lambda conn: conn.stream_reset(self.stream_id, reason, text)
         )
         self._done.set()
 
     async def _write(self, data: bytes, *, fin: bool = False) -> int:
         try:
-            return await self._client._stream_write(self.stream_id, data, fin=fin)
+            return await self._client._stream_write(self._books, self.stream_id, data, fin=fin)
         except LocalProtocolError:  # stopped while this write waited for the connection
             self._raise_if_stopped()
             raise
@@ -112,8 +120,8 @@ class StreamWriter:
     def _raise_if_stopped(self) -> None:
         if self.stopped is not None:
             raise self.stopped
-        if self._client.closed is not None:
-            raise self._client.closed
+        if self._books.gone is not None:
+            raise self._books.gone
 
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.StreamAcked):
@@ -129,8 +137,9 @@ class StreamWriter:
 class StreamReader:
     """A stream sent to us; iterate for `Chunk`s (each released when the next is asked)."""
 
-    def __init__(self, client: BusClient, data: ev.StreamData) -> None:
+    def __init__(self, client: BusClient, books: ClientStreams, data: ev.StreamData) -> None:
         self._client = client
+        self._books = books
         self.stream_id = data.stream_id
         self.source = data.head.source
         self.start_offset = data.start_offset
@@ -144,8 +153,11 @@ class StreamReader:
         """The next chunk, or None at the stream's end (StreamReset if the sender went
         away first). Releases every chunk handed out before."""
         await self.release()
+        conn = self._books.conn
         while True:
-            receiver = self._client._conn.stream_receiving(self.stream_id)
+            if self._books.abandoned:  # the client reconnects: the stream comes again
+                raise self._books.gone  # type: ignore[misc]
+            receiver = conn.stream_receiving(self.stream_id)
             if receiver is None:  # fully read and released: the end
                 self._ended = True
                 if self.reset is not None:
@@ -153,7 +165,7 @@ class StreamReader:
                 return None
             if receiver.readable:
                 offset = receiver.taken
-                data = self._client._conn.stream_read(self.stream_id, max_bytes)
+                data = conn.stream_read(self.stream_id, max_bytes)
                 self._position = offset + len(data)
                 return Chunk(offset, data)
             if receiver.finished:
@@ -161,8 +173,8 @@ class StreamReader:
             if self.reset is not None:
                 self._ended = True
                 raise self.reset
-            if self._client.closed is not None:
-                raise self._client.closed
+            if self._books.gone is not None:
+                raise self._books.gone
             await self._readable.wait()
 
     async def release(self) -> None:
@@ -170,14 +182,14 @@ class StreamReader:
         if self._position > self._released:
             self._released = self._position
             await self._client._stream_control(
-                lambda conn: conn.stream_release(self.stream_id, self._released)
+                self._books, lambda conn: conn.stream_release(self.stream_id, self._released)
             )
 
     async def stop(self, reason: str = "normal", text: str = "") -> None:
         """Refuse the rest of the stream (the sender gets `stop_sending`)."""
         self._ended = True
         await self._client._stream_control(
-            lambda conn: conn.stream_stop(self.stream_id, reason, text)
+            self._books, lambda conn: conn.stream_stop(self.stream_id, reason, text)
         )
 
     def __aiter__(self) -> StreamReader:
@@ -196,10 +208,13 @@ class StreamReader:
 
 
 class ClientStreams:
-    """The client's books: its writers by id, readers by id, and the accept queue."""
+    """One connection's books: its writers by id, readers by id, and the accept queue."""
 
-    def __init__(self, client: BusClient) -> None:
+    def __init__(self, client: BusClient, conn: Connection) -> None:
         self._client = client
+        self.conn = conn
+        self.gone: BusClientError | None = None  # the connection ended: why
+        self.abandoned = False  # ...and the client reconnects: readers stop at once
         self._ids = itertools.count(1)
         self.writers: dict[int, StreamWriter] = {}
         self.readers: dict[int, StreamReader] = {}
@@ -209,15 +224,16 @@ class ClientStreams:
 
     def open(self, destination: str) -> StreamWriter:
         stream_id = next(self._ids)
-        self._client._conn.open_stream(stream_id, head=m.Head(destination=destination))
-        writer = self.writers[stream_id] = StreamWriter(self._client, stream_id, destination)
+        self.conn.open_stream(stream_id, head=m.Head(destination=destination))
+        writer = StreamWriter(self._client, self, stream_id, destination)
+        self.writers[stream_id] = writer
         return writer
 
     async def accept(self) -> StreamReader:
         try:
             return await self._incoming.receive()
         except trio.EndOfChannel:
-            raise self._client.closed or StreamReset(0, "going_away", "closed") from None
+            raise self.gone or StreamReset(0, "going_away", "closed") from None
 
     def on_event(self, event: ev.Event) -> None:
         """A stream event from the connection; never waits."""
@@ -230,11 +246,11 @@ class ClientStreams:
         elif isinstance(event, ev.StreamData):
             reader = self.readers.get(event.stream_id)
             if reader is None:
-                reader = StreamReader(self._client, event)
+                reader = StreamReader(self._client, self, event)
                 try:
                     self._incoming_send.send_nowait(reader)
                 except trio.WouldBlock:
-                    self._client._conn.stream_stop(
+                    self.conn.stream_stop(
                         event.stream_id, "limit_exceeded", f"{INCOMING_STREAMS} streams unaccepted"
                     )
                     return
@@ -245,8 +261,16 @@ class ClientStreams:
             if reader is not None:
                 reader._on_event(event)
 
-    def close(self) -> None:
-        """The connection is over: wake every waiter (they see `client.closed`)."""
+    def close(self, why: BusClientError, *, abandon: bool = False) -> None:
+        """The connection is over: wake every waiter (they raise `why`). `abandon`: the
+        client reconnects, and the endpoint sends the streams to it again from their
+        acknowledged offsets, so what was received here is not read any further and the
+        streams not yet accepted are dropped."""
+        self.gone, self.abandoned = why, abandon
+        if abandon:
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                while True:
+                    self._incoming.receive_nowait()
         for writer in self.writers.values():
             writer._acked.set()
             writer._done.set()

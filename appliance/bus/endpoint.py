@@ -361,6 +361,8 @@ class BusEndpoint:
     # --- acting on what a connection reported -----------------------------------------------
 
     async def _on_event(self, peer: Peer, event: ev.Event) -> None:
+        if not peer.established and not isinstance(event, _BEFORE_ATTACH):
+            return  # its hello was refused (name_taken...): what came with it is dropped
         match event:
             case ev.Established(node=node, will=will, principal=principal, link=link):
                 try:
@@ -590,6 +592,10 @@ class BusEndpoint:
             await trio.sleep(interval)
             if self.relays.waiting:
                 self.relays.expire()
+
+
+# What a connection may report before (or without) being attached to the router.
+_BEFORE_ATTACH = (ev.Established, ev.Closed, ev.FrameDropped)
 
 
 def _link_target(url: str, default_token: str | None) -> tuple[str, str | None]:

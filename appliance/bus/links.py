@@ -21,9 +21,10 @@ key reaches every local subscriber with that pattern once, a group key one membe
 that group (the far side already chose this box for it). A request to a topic goes to a
 local responder first, then over a link. A request with a `destination` node that is
 not here goes on over a link (the lowest-numbered other than the one it came from), hop
-by hop (streams do not cross links: their relays serve the nodes of one endpoint): what goes out on a link carries a relayed head (`forward_for_source`,
+by hop: what goes out on a link carries a relayed head (`forward_for_source`,
 `forward_for_connection`, `hops` + 1) and is refused past the hop limit (`no_responders`
-"hop limit"), so a loop of links cannot bounce it forever. A second link to the same
+"hop limit"), so a loop of links cannot bounce it forever. Streams do not cross links:
+their relays serve the nodes of one endpoint. A second link to the same
 endpoint, or one to itself, is refused with `link_refused`.
 """
 

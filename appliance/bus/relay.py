@@ -12,11 +12,12 @@ fits, so the sender's window pushes back all the way).
 
 **The destination goes away** (its process is killed, its connection drops): the relay
 keeps its sender with the unacknowledged bytes for `keep` seconds. When a connection with
-the destination's node name comes back, the relay resumes on it from the last acknowledged
-offset (the new connection's receiver starts there: `StreamData.start_offset`), so with a
-client that acknowledges only what it has processed (manual release) nothing is lost and
-nothing is delivered twice. After `keep` seconds the relay is dropped and the sender gets
-`stop_sending` with `stream_expired`.
+the destination's node name comes back (its hello or a `register` names it: `on_named`),
+the relay resumes on it from the last acknowledged offset (the new connection's receiver
+starts there: `StreamData.start_offset`), so with a client that acknowledges only what it
+has processed (manual release) nothing is lost and nothing is delivered twice. After
+`keep` seconds the relay is dropped and the sender gets `stop_sending` with
+`stream_expired`.
 
 **The sender goes away** (or resets): the relay delivers what it holds, then
 `reset_stream` with `sender_gone` tells the destination the stream will not end.
@@ -143,8 +144,11 @@ class StreamRelays:
 
     # --- connections coming and going -------------------------------------------------------
 
-    def on_established(self, peer: Peer) -> None:
-        """A connection holding a node name: resume the relays waiting for that name."""
+    def on_named(self, peer: Peer) -> None:
+        """A connection now holds a node name (from its hello or a `register`): resume the
+        relays waiting for that name on it. Relays already flowing to a connection stay
+        with it when it registers another name or deregisters: a name is how a stream
+        finds its destination, and the receiving application is reading it there."""
         node = peer.conn.peer_node
         if node is None:
             return

@@ -269,9 +269,10 @@ class Node(Generic[R]):
 
 
 class NodeRegistry(Generic[R]):
-    """Node records by name, queried by label selector. Pure: the endpoint adds a node on
-    hello, updates it on a new hello, removes it when the connection goes.
-    `max_nodes` bounds the registry (`SelectorError` `too_many_nodes`)."""
+    """Node records by name, queried by label selector. Pure: the router adds a node on
+    a hello or a `register`, replaces it when its holder registers it again (new labels),
+    removes it on `deregister`, on a register of another name, or when the connection
+    goes. `max_nodes` bounds the registry (`SelectorError` `too_many_nodes`)."""
 
     def __init__(self, *, max_nodes: int | None = None) -> None:
         self._nodes: dict[str, Node[R]] = {}

@@ -5,6 +5,8 @@ tested end to end without sockets."""
 
 from __future__ import annotations
 
+import pytest
+
 from appliance.bus import messages as m
 from appliance.bus.connection import Connection, State
 from appliance.bus.events import (
@@ -22,6 +24,7 @@ from appliance.bus.events import (
 from appliance.bus.flow import SlowConsumer
 from appliance.bus.retained import RetainedStore
 from appliance.bus.router import RouteError, Router
+from appliance.bus.selectors import SelectorError
 from tests.bus.test_connection import TOKENS, Clock
 
 
@@ -353,3 +356,88 @@ def test_forwarded_request_ids_do_not_collide() -> None:
     assert (
         back is not None and back.connection == 2 and back.message.body == m.Reply(id=7, data=b"2")
     )
+
+
+# --- register / deregister: names after the hello ---------------------------------------------
+
+
+def _names(router: Router, selector: str = "") -> dict[str, int]:
+    return {node.name: node.record for node in router.query(selector)}
+
+
+def _source(router: Router, connection: int) -> str | None:
+    router.subscribe(99, 1, "probe.>")
+    [delivery] = router.publish(connection, m.Publish(topic="probe.x")).deliveries
+    router.unsubscribe(99, 1)
+    return delivery.message.head.source
+
+
+def test_register_names_a_connection_that_said_hello_without_a_name() -> None:
+    router = Router(node_name="edge-01")
+    router.attach(1)
+    router.attach(99)
+    assert _source(router, 1) is None
+    assert router.register(1, m.NodeRecord(name="late", labels={"line": "3"})) is None
+    assert _names(router, "line=3") == {"late": 1}
+    assert router.node_connection("late") == 1
+    assert _source(router, 1) == "late"  # its messages carry the name at once
+
+
+def test_register_again_updates_labels_or_replaces_the_name() -> None:
+    router = Router(node_name="edge-01")
+    router.attach(1, node=m.NodeRecord(name="s1", labels={"line": "3"}))
+    router.attach(99)
+    assert router.register(1, m.NodeRecord(name="s1", labels={"line": "4"})) is None
+    assert _names(router, "line=3") == {} and _names(router, "line=4") == {"s1": 1}
+    assert router.register(1, m.NodeRecord(name="s2")) == "s1"  # one name per connection
+    assert _names(router) == {"s2": 1}
+    assert _source(router, 1) == "s2"
+    router.attach(2, node=m.NodeRecord(name="s1"))  # the released name is free again
+    assert router.node_connection("s1") == 2
+
+
+def test_register_of_a_name_another_connection_holds_changes_nothing() -> None:
+    router = Router(node_name="edge-01")
+    router.attach(1, node=m.NodeRecord(name="s1", labels={"a": "1"}))
+    router.attach(2, node=m.NodeRecord(name="s2"))
+    with pytest.raises(RouteError) as refused:
+        router.register(2, m.NodeRecord(name="s1", labels={"a": "2"}))
+    assert refused.value.code == "name_taken"
+    assert _names(router) == {"s1": 1, "s2": 2}
+    assert _names(router, "a=1") == {"s1": 1}
+
+
+def test_register_with_a_bad_label_changes_nothing() -> None:
+    router = Router(node_name="edge-01")
+    router.attach(1, node=m.NodeRecord(name="s1"))
+    bad = m.NodeRecord.trusted(name="s2", labels={"-bad-": "x"})  # as if unchecked
+    with pytest.raises(SelectorError) as refused:
+        router.register(1, bad)
+    assert refused.value.code == "invalid_label"
+    assert _names(router) == {"s1": 1}
+
+
+def test_links_and_unknown_connections_do_not_register() -> None:
+    router = Router(node_name="edge-01")
+    router.attach(10, node=m.NodeRecord(name="edge-02"), link=True)
+    for connection in (10, 11):  # a link; a connection never attached
+        with pytest.raises(RouteError) as refused:
+            router.register(connection, m.NodeRecord(name="x"))
+        assert refused.value.code == "unexpected_message"
+    assert _names(router) == {"edge-02": 10}
+
+
+def test_deregister_releases_only_the_connections_own_name() -> None:
+    router = Router(node_name="edge-01")
+    router.attach(1, node=m.NodeRecord(name="s1"))
+    router.attach(2, node=m.NodeRecord(name="s2"))
+    router.attach(99)
+    assert router.deregister(1, "s2") is False  # another's name: ignored
+    assert router.deregister(1, "nobody") is False
+    assert _names(router) == {"s1": 1, "s2": 2}
+    assert router.deregister(1, "s1") is True
+    assert _names(router) == {"s2": 2}
+    assert _source(router, 1) is None
+    assert router.deregister(1, "s1") is False  # already gone
+    router.detach(1)  # and its detach has no name to remove
+    assert _names(router) == {"s2": 2}
