@@ -21,11 +21,18 @@ before a payload byte is read); no byte for `stall_timeout` seconds (`stalled`).
 
 `JobTracker` keeps the live job: progress in memory (read by `GET /ota/jobs/{id}`), each
 change of state saved durably before the install goes on.
+
+Test-only: with `$APPLIANCE_TEST_OTA_PAUSE_FILE` naming a file that holds a job state, the
+process stops itself (SIGSTOP) right after the job is saved in that state, so that the
+failure table (tests/ota/device/test_failure_table.py, docs/ota.md "Failure table") can
+kill it, break a file under it or play the watchdog exactly there. Never set on a box.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +50,7 @@ from ota import ErrorCode, HeaderReader, Manifest, OtaError
 __all__ = ["BATCH_BYTES", "JobTracker", "Received", "UploadStream", "receive_bundle"]
 
 BATCH_BYTES = 1 << 20
+PAUSE_FILE_ENV = "APPLIANCE_TEST_OTA_PAUSE_FILE"  # test-only (module docstring)
 
 
 class JobTracker:
@@ -55,11 +63,25 @@ class JobTracker:
     async def move(self, state: JobState, **changes: Any) -> Job:
         self.job = advance(self.job, state, **changes)
         await self.records.save(self.job)
+        _pause_for_test(state)
         return self.job
 
     def progress(self, **changes: Any) -> None:
         """Counters only, kept in memory (a restart settles the job anyway)."""
         self.job = dataclasses.replace(self.job, **changes)
+
+
+def _pause_for_test(state: JobState) -> None:
+    """The test-only pause point (module docstring): a no-op unless the variable is set."""
+    path = os.environ.get(PAUSE_FILE_ENV)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                wanted = stream.read().strip()
+        except OSError:
+            return
+        if wanted == state:
+            os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class UploadStream:

@@ -26,8 +26,9 @@ longer `current` exits 75 at once; the boot state's failed versions join the led
 denylist and the good slot's version raises the floor; unfinished jobs are settled
 (`jobs.settle`). If this process runs the version on trial, it watches `/health`: once
 every component has been ok for `ota.healthy_s` without a break it commits (the floor
-becomes the new version); if that has not happened within `ota.trial_timeout_s` it exits 1,
-so that systemd restarts it and the boot step spends another try.
+becomes the new version); if that has not happened within `ota.trial_timeout_s`, or the
+commit itself fails (an I/O error, the state lock held too long), it exits 1, so that
+systemd restarts it and the boot step spends another try.
 """
 
 from __future__ import annotations
@@ -174,8 +175,16 @@ class OtaService:
             return
         try:
             await self.commit()
-        except OtaRefused as exc:
-            log.error("could not commit version %s: %s", RUNNING_VERSION, exc)
+        except OtaRefused as exc:  # an I/O error, the state lock held too long, ...
+            if exc.code == DeviceCode.NO_PENDING:
+                return  # committed by hand meanwhile
+            log.error(
+                "could not commit version %s: %s; exiting 1 so that the boot step spends "
+                "another try",
+                RUNNING_VERSION,
+                exc,
+            )
+            self.restart(1)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -331,6 +340,8 @@ class OtaService:
             await self.slots.mark_pending(job.slot, job.version, self.settings().tries)
         except Exception as exc:
             refusal = refusal_of(exc, 0.0) or OtaRefused(500, DeviceCode.INSTALL_FAILED, str(exc))
+            if refusal.code == DeviceCode.OTA_UNAVAILABLE:  # the slots' I/O error: a failed write
+                refusal = OtaRefused(500, DeviceCode.INSTALL_FAILED, refusal.detail)
             with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT_S):
                 await self._fail(tracker, refusal, [job.slot])
             self._busy = False

@@ -170,12 +170,15 @@ class Box:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def start(self, *, ready: bool = True, from_slot: bool = True) -> ApplianceProcess:
-        """`ExecStart=` with `WorkingDirectory=ROOT/current` (or from this checkout)."""
+    def start(
+        self, *, ready: bool = True, from_slot: bool = True, env: dict[str, str] | None = None
+    ) -> ApplianceProcess:
+        """`ExecStart=` with `WorkingDirectory=ROOT/current` (or from this checkout); `env`
+        adds to the settings' variables (the unit's `Environment=`)."""
         current = self.root / "current"
         process = ApplianceProcess(
             self.data_dir,
-            env=self.env,
+            env={**self.env, **(env or {})},
             extra_args=["--http", f"127.0.0.1:{self.port}"],
             preexec_fn=(lambda: os.chdir(current)) if from_slot else None,
         )
