@@ -691,8 +691,9 @@ class BusClient:
                     data = b""
                 for event in link.conn.receive_data(data):
                     await self._on_event(link, event)
-                async with self._send_lock:  # pongs, acks, a close queued by receive_data
-                    await self._write_locked(link, link.conn.data_to_send())
+                if link.conn.has_data_to_send:  # pongs, acks, a close queued by receive_data
+                    async with self._send_lock:
+                        await self._write_locked(link, link.conn.data_to_send())
         except ConnectionClosed:
             pass
         finally:

@@ -107,7 +107,11 @@ def encode_frame(
     payload = cbor2.dumps(body)
     if max_frame is not None and len(payload) > max_frame:
         raise LocalProtocolError(f"body of {len(payload)} bytes is over max_frame {max_frame}")
-    head = encode_varint(version) + encode_varint(len(payload))
+    size = len(payload)
+    if 0 <= version < 0x80 and size < 0x80:
+        head = bytes((version, size))
+    else:
+        head = encode_varint(version) + encode_varint(size)
     crc = zlib.crc32(payload, zlib.crc32(head))
     return head + payload + crc.to_bytes(CRC_BYTES, "big")
 

@@ -213,6 +213,11 @@ class Connection:
         out, self._outbox = b"".join(self._outbox), []
         return out
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether `data_to_send` would return bytes (a check that takes none)."""
+        return bool(self._outbox)
+
     def _queue(self, body: m.Body, head: m.Head | None = None) -> None:
         message = m.Message(body, head) if head is not None else m.Message(body)
         version = self.version if self.version is not None else HELLO_VERSION
@@ -255,6 +260,21 @@ class Connection:
             self._inbound.pop(body.id, None)
         self._queue(body, message.head)
         return self.data_to_send()
+
+    def send_deliver(self, deliver: m.Deliver, head: m.Head) -> bytes:
+        """`send(Message(deliver, head))` for a deliver the endpoint built from a checked
+        publish: the same bytes, without the checks a caller's message needs."""
+        if self._state is not State.ESTABLISHED:
+            raise LocalProtocolError(f"send(deliver) in state {self._state.value}")
+        if "deliver" not in SENDS[self.role] and not (self.link and "deliver" in LINK_KINDS):
+            raise LocalProtocolError(f"a {self.role} does not send deliver")
+        wire = head.to_wire()
+        wire["deliver"] = deliver.to_wire()
+        frame = encode_frame(wire, self.version or HELLO_VERSION, max_frame=self.peer_max_frame)
+        if self._outbox:
+            self._outbox.append(frame)
+            return self.data_to_send()
+        return frame
 
     def hello(
         self,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -60,6 +60,9 @@ class _Field:
 
     def to_wire(self, value: Any) -> Any:
         return value
+
+
+_MISSING = dataclasses.MISSING
 
 
 def _bad(problem: str, detail: str, where: str = "") -> InvalidMessage:
@@ -212,6 +215,10 @@ class Record:
     # (name, check, default or MISSING), filled per class by `_fields`.
     _specs: ClassVar[tuple[tuple[str, _Field, Any], ...]] = ()
     _names: ClassVar[frozenset[str]] = frozenset()
+    # (name, to_wire or None when the value is carried as is, default or MISSING).
+    _wire_specs: ClassVar[tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]] = ()
+    # Every field carried as is (no nested maps or arrays): `from_wire` has a fast path.
+    _flat: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for name, check, default in type(self)._specs:
@@ -242,16 +249,45 @@ class Record:
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, check, default in type(self)._specs:
+        for name, convert, default in type(self)._wire_specs:
             value = getattr(self, name)
-            if default is not dataclasses.MISSING and value == default:
+            if default is not _MISSING and value == default:
                 continue
-            out[name] = check.to_wire(value)
+            out[name] = value if convert is None else convert(value)
         return out
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any], path: str) -> Any:
         """Build from a decoded map; errors name fields under `path`."""
+        if cls._flat:
+            # The hot path: good input is built with the same checks and less overhead;
+            # anything wrong goes through the general path below, which explains it.
+            obj = cls._from_wire_fast(wire)
+            if obj is not None:
+                return obj
+        return cls._from_wire_checked(wire, path)
+
+    @classmethod
+    def _from_wire_fast(cls, wire: dict[str, Any]) -> Any:
+        if not cls._names.issuperset(wire) or None in wire.values():
+            return None
+        obj = object.__new__(cls)
+        setattr_ = object.__setattr__
+        try:
+            for name, check, default in cls._specs:
+                if name in wire:
+                    setattr_(obj, name, check.check(wire[name]))
+                elif default is dataclasses.MISSING:
+                    return None
+                else:
+                    setattr_(obj, name, {} if type(default) is dict else default)
+            obj._validate()
+        except InvalidMessage:
+            return None
+        return obj
+
+    @classmethod
+    def _from_wire_checked(cls, wire: dict[str, Any], path: str) -> Any:
         if not cls._names.issuperset(wire):
             key = next(key for key in wire if key not in cls._names)
             name = _join(path, str(key)[:64])
@@ -280,6 +316,11 @@ def _fields(cls: type[Record]) -> type[Record]:
         specs.append((f.name, f.metadata["wire"], default))
     cls._specs = tuple(specs)
     cls._names = frozenset(name for name, _, _ in specs)
+    cls._wire_specs = tuple(
+        (name, None if type(check).to_wire is _Field.to_wire else check.to_wire, default)
+        for name, check, default in specs
+    )
+    cls._flat = all(type(check).from_wire is _Field.from_wire for _, check, _ in specs)
     return cls
 
 
@@ -653,6 +694,20 @@ def parse(wire: Any) -> Message:
 
 
 def _parse(wire: Any) -> Message:
+    # The hot path: one body kind, only head fields beside it, maps where maps belong;
+    # anything else goes through the general path below, which explains it.
+    if type(wire) is dict:
+        kind = None
+        for key in wire:
+            if key in KINDS:
+                if kind is not None:
+                    break
+                kind = key
+            elif key not in _HEAD_FIELDS:
+                break
+        else:
+            if kind is not None and type(wire[kind]) is dict:
+                return _parse_good(wire, kind)
     if not isinstance(wire, dict):
         raise InvalidMessage("", "bad_type", f"a message is a map, not {type(wire).__name__}")
     kinds = [key for key in wire if key in KINDS]
@@ -671,4 +726,12 @@ def _parse(wire: Any) -> Message:
         return Message(body)
     head_wire = {key: value for key, value in wire.items() if key != kind}
     head = Head.from_wire(head_wire, "")
+    return Message(body, head)
+
+
+def _parse_good(wire: dict[str, Any], kind: str) -> Message:
+    body = KINDS[kind].from_wire(wire[kind], kind)
+    if len(wire) == 1:
+        return Message(body)
+    head = Head.from_wire({key: value for key, value in wire.items() if key != kind}, "")
     return Message(body, head)

@@ -181,7 +181,10 @@ class Peer:
                 assert isinstance(deliver, m.Deliver)
                 gap = entry.gap + entry.superseded
                 body = replace(deliver, gap=gap) if gap else deliver
-                chunks.append(_send_one(conn, m.Message(body, entry.value.head)))
+                try:
+                    chunks.append(conn.send_deliver(body, entry.value.head))
+                except LocalProtocolError as exc:  # e.g. over the peer's max_frame
+                    log.warning("bus connection %d: not sent: %s", conn.connection_id, exc)
                 budget -= 1
         if not budget:
             self.wake.set()  # more deliveries wait: come back after this write
