@@ -53,8 +53,15 @@ from appliance.ota.installer import UploadStream, receive_bundle
 from appliance.ota.policy import DevicePolicy
 from bench.common import PROJECT, PYTHON, Figure, child_environment, log, scratch_dir, stop_process
 from ota import TrustRoot, verify_file
-from ota.build import build_bundle
-from tests.ota.device.box import DAY, HARDWARE, KEY_A, OLD, PRODUCT, Box, appliance_tree
+from tests.ota.device.box import (
+    HARDWARE,
+    KEY_A,
+    OLD,
+    PRODUCT,
+    Box,
+    appliance_tree,
+    build_tree_bundle,
+)
 
 MiB = 1 << 20
 BUNDLE_FILES = 50
@@ -66,21 +73,6 @@ READY_TIMEOUT_S = 60.0
 NAME = "ota"
 
 
-def _build(tree: Path, out: Path, version: str) -> Path:
-    now = int(time.time())
-    build_bundle(
-        tree,
-        out,
-        product=PRODUCT,
-        version=version,
-        keys=[KEY_A],
-        hardware=[HARDWARE],
-        created=now - 60,
-        expires=now + DAY,
-    )
-    return out
-
-
 def _big_bundle(work: Path) -> Path:
     tree = work / "big-tree"
     tree.mkdir()
@@ -89,7 +81,7 @@ def _big_bundle(work: Path) -> Path:
         with open(tree / f"data-{index:02d}.bin", "wb") as stream:
             for part in range(FILE_MIB):
                 stream.write(bytes([index, part]) + block[2:])
-    return _build(tree, work / "big.ota", "2.0.0")
+    return build_tree_bundle(tree, work / "big.ota", "2.0.0")
 
 
 def _best(fn: Callable[[], object]) -> float:
@@ -399,7 +391,9 @@ def run() -> list[Figure]:
 
         log(f"{NAME}: downtime of an update")
         old_tree = appliance_tree(work / "old-tree", OLD)
-        small = _build(appliance_tree(work / "new-tree", "1.1.0"), work / "new.ota", "1.1.0")
+        small = build_tree_bundle(
+            appliance_tree(work / "new-tree", "1.1.0"), work / "new.ota", "1.1.0"
+        )
         for activated in (False, True):
             gap, extra = _downtime(work, old_tree, small, activated)
             how = "with socket activation (emulated)" if activated else "without socket activation"

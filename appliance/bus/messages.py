@@ -21,6 +21,7 @@ table (docs/bus-protocol.md) is generated from it.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
@@ -46,14 +47,14 @@ POLICIES = ("block", "drop", "latest")
 STATUSES = ("ok", "error", "no_responders", "timeout")
 
 
-class _Field:
+class _Field(abc.ABC):
     """How one field is checked and carried. `check` returns the value to store (it may
     normalise, e.g. a list to a tuple) or raises `InvalidMessage` with `field` relative."""
 
     describe = ""
 
-    def check(self, value: Any) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check(self, value: Any) -> Any: ...
 
     def from_wire(self, value: Any, path: str) -> Any:
         return value

@@ -272,8 +272,8 @@ class Router:
         # From a link: to local clients only, and a group's member is chosen among them.
         for sub in self.index.match(publish.topic, exclude=self._links if from_link else ()):
             target = self._conns.get(sub.connection)  # type: ignore[call-overload]
-            if target is None or (from_link and target.link):
-                continue  # what a link brought goes to local clients only (one hop)
+            if target is None:
+                continue
             if only is not None and (sub.pattern.text, sub.group) != only:
                 continue
             out_head = head
@@ -361,12 +361,13 @@ class Router:
             matches = self.index.match(topic, exclude=self._links if self.is_link(source) else ())
         except TopicError:
             return None, None
-        from_link = self.is_link(source)
-        candidates: list[Subscription] = []
-        for sub in matches:
-            conn = self._conns.get(sub.connection)  # type: ignore[call-overload]
-            if conn is not None and not (conn.link and (from_link or sub.connection == source)):
-                candidates.append(sub)
+        # From a link, `match` left the links out (one hop); from a client, a link is a
+        # responder like any other, after the local ones.
+        candidates: list[Subscription] = [
+            sub
+            for sub in matches
+            if sub.connection in self._conns  # type: ignore[operator]
+        ]
         if not candidates:
             return None, None
         best = min(

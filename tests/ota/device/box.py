@@ -25,7 +25,7 @@ import httpx
 
 from firmware import SlotManager
 from ota import SecretKey, TrustRoot
-from ota.build import bundle_bytes
+from ota.build import build_bundle, bundle_bytes
 from tests.conftest import ApplianceProcess
 
 REPO = Path(__file__).resolve().parents[3]
@@ -88,6 +88,22 @@ def make_bundle(files: dict[str, bytes | tuple[bytes, int]], version: str, **opt
     }
     settings.update(options)
     return bundle_bytes(files, **settings)
+
+
+def build_tree_bundle(tree: Path, out: Path, version: str) -> Path:
+    """A bundle of the directory `tree` at `out`, signed for this test box (a day to live)."""
+    now = int(time.time())
+    build_bundle(
+        tree,
+        out,
+        product=PRODUCT,
+        version=version,
+        keys=[KEY_A],
+        hardware=[HARDWARE],
+        created=now - 60,
+        expires=now + DAY,
+    )
+    return out
 
 
 class Box:

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ota.build import build_bundle
-from tests.ota.device.box import DAY, HARDWARE, KEY_A, OLD, PRODUCT, Box, appliance_tree
+from tests.ota.device.box import OLD, Box, appliance_tree, build_tree_bundle
 
 
 @pytest.fixture
@@ -42,17 +40,7 @@ class Trees:
             tree = appliance_tree(self.bundles / name, version, crash=crash)
             if filler:
                 (tree / "filler.bin").write_bytes(bytes(range(256)) * (filler // 256))
-            now = int(time.time())
-            build_bundle(
-                tree,
-                out,
-                product=PRODUCT,
-                version=version,
-                keys=[KEY_A],
-                hardware=[HARDWARE],
-                created=now - 60,
-                expires=now + DAY,
-            )
+            build_tree_bundle(tree, out, version)
         return out
 
 
