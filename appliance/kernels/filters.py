@@ -52,10 +52,12 @@ def design_biquad(
     return (b[0] / a0, b[1] / a0, b[2] / a0), (1.0, -2 * cos_w0 / a0, (1 - alpha) / a0)
 
 
-# Long inputs run as groups of _LANES blocks of _BLOCK samples (see _biquad); a group holds
+# Long inputs run as groups of 8 blocks of _BLOCK samples (see _biquad); a group holds
 # 4096 samples, 32 KiB of float64 per buffer, so a group's scratch stays in L1/L2 cache.
 _BLOCK = 512
-_LANES = 8
+# The scratch rows of the 8 blocks are this far apart: rows exactly 4 KiB apart would all
+# map to the same L1 cache set and evict each other.
+_ROW = _BLOCK + 8
 _TINY = 1e-250  # decaying responses below this are flushed to 0: denormals are very slow
 
 
@@ -94,45 +96,113 @@ def _biquad_state_responses(a1, a2):
 
 
 @njit(nogil=True, cache=True)
+def _biquad_zero_state(x, start, b0, b1, b2, a1, a2, zero, ends):
+    """Zero-state outputs of the 8 blocks of _BLOCK samples from x[start] into the rows of
+    `zero`, side by side: eight independent chains whose states live in registers (an array
+    of lanes would put a store and a load into every chain); their end states go to
+    ends[lane] = (z1, z2)."""
+    n = _BLOCK
+    r = _ROW
+    x0 = x[start : start + n]  # views: plain indices, no wraparound checks
+    x1 = x[start + n : start + 2 * n]
+    x2 = x[start + 2 * n : start + 3 * n]
+    x3 = x[start + 3 * n : start + 4 * n]
+    x4 = x[start + 4 * n : start + 5 * n]
+    x5 = x[start + 5 * n : start + 6 * n]
+    x6 = x[start + 6 * n : start + 7 * n]
+    x7 = x[start + 7 * n : start + 8 * n]
+    y0 = zero[0:n]
+    y1 = zero[r : r + n]
+    y2 = zero[2 * r : 2 * r + n]
+    y3 = zero[3 * r : 3 * r + n]
+    y4 = zero[4 * r : 4 * r + n]
+    y5 = zero[5 * r : 5 * r + n]
+    y6 = zero[6 * r : 6 * r + n]
+    y7 = zero[7 * r : 7 * r + n]
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0  # z1 of each lane
+    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0  # z2 of each lane
+    for j in range(n):
+        v = np.float64(x0[j])
+        y = b0 * v + p0
+        p0 = b1 * v - a1 * y + q0
+        q0 = b2 * v - a2 * y
+        y0[j] = y
+        v = np.float64(x1[j])
+        y = b0 * v + p1
+        p1 = b1 * v - a1 * y + q1
+        q1 = b2 * v - a2 * y
+        y1[j] = y
+        v = np.float64(x2[j])
+        y = b0 * v + p2
+        p2 = b1 * v - a1 * y + q2
+        q2 = b2 * v - a2 * y
+        y2[j] = y
+        v = np.float64(x3[j])
+        y = b0 * v + p3
+        p3 = b1 * v - a1 * y + q3
+        q3 = b2 * v - a2 * y
+        y3[j] = y
+        v = np.float64(x4[j])
+        y = b0 * v + p4
+        p4 = b1 * v - a1 * y + q4
+        q4 = b2 * v - a2 * y
+        y4[j] = y
+        v = np.float64(x5[j])
+        y = b0 * v + p5
+        p5 = b1 * v - a1 * y + q5
+        q5 = b2 * v - a2 * y
+        y5[j] = y
+        v = np.float64(x6[j])
+        y = b0 * v + p6
+        p6 = b1 * v - a1 * y + q6
+        q6 = b2 * v - a2 * y
+        y6[j] = y
+        v = np.float64(x7[j])
+        y = b0 * v + p7
+        p7 = b1 * v - a1 * y + q7
+        q7 = b2 * v - a2 * y
+        y7[j] = y
+    ends[0, 0], ends[0, 1] = p0, q0
+    ends[1, 0], ends[1, 1] = p1, q1
+    ends[2, 0], ends[2, 1] = p2, q2
+    ends[3, 0], ends[3, 1] = p3, q3
+    ends[4, 0], ends[4, 1] = p4, q4
+    ends[5, 0], ends[5, 1] = p5, q5
+    ends[6, 0], ends[6, 1] = p6, q6
+    ends[7, 0], ends[7, 1] = p7, q7
+
+
+@njit(nogil=True, cache=True)
 def _biquad(x, b0, b1, b2, a1, a2, z1, z2, out):
     """Transposed direct form II, as scipy.signal.lfilter; returns the final (z1, z2).
 
     One step feeds the next, so a plain loop waits on the FMA latency every sample. By
     linearity the output of a block is its zero-state response plus z1·h1 + z2·h2, where
     h1, h2 are the (input-free) responses to the unit states (1, 0) and (0, 1), and its end
-    state likewise. So _LANES blocks of _BLOCK samples first run from zero state side by side
-    (independent chains, in lock-step); then, block by block, the true incoming state is
-    added and carried to the next block (a 2×2 update). Inputs shorter than a group, and the
-    tail after the last full group, run the plain loop. Chunking a stream therefore gives
-    bit-for-bit the same output when every chunk but the last is a multiple of 4096 samples
-    (or the stream is shorter than that); otherwise the two differ by rounding only.
+    state likewise. So 8 blocks of _BLOCK samples first run from zero state side by side
+    (independent chains, in lock-step: _biquad_zero_state); then, block by block, the true
+    incoming state is added and carried to the next block (a 2×2 update). Inputs shorter
+    than a group, and the tail after the last full group, run the plain loop. Chunking a
+    stream therefore gives bit-for-bit the same output when every chunk but the last is a
+    multiple of 4096 samples (or the stream is shorter than that); otherwise the two differ
+    by rounding only.
     """
-    group = _LANES * _BLOCK
+    group = 8 * _BLOCK
     full = x.size - x.size % group
     if full:
-        responses, ends = _biquad_state_responses(a1, a2)
-        zero = np.empty(group)
-        lane1 = np.empty(_LANES)
-        lane2 = np.empty(_LANES)
+        responses, unit_ends = _biquad_state_responses(a1, a2)
+        zero = np.empty(8 * _ROW)
+        lane_ends = np.empty((8, 2))
         for start in range(0, full, group):
-            lane1[:] = 0.0
-            lane2[:] = 0.0
-            for j in range(_BLOCK):
-                for lane in range(_LANES):
-                    k = lane * _BLOCK + j
-                    value = np.float64(x[start + k])
-                    y = b0 * value + lane1[lane]
-                    lane1[lane] = b1 * value - a1 * y + lane2[lane]
-                    lane2[lane] = b2 * value - a2 * y
-                    zero[k] = y
-            for lane in range(_LANES):
+            _biquad_zero_state(x, start, b0, b1, b2, a1, a2, zero, lane_ends)
+            for lane in range(8):
                 block = out[start + lane * _BLOCK : start + (lane + 1) * _BLOCK]
-                forced = zero[lane * _BLOCK : (lane + 1) * _BLOCK]
+                forced = zero[lane * _ROW : lane * _ROW + _BLOCK]
                 for j in range(_BLOCK):
                     block[j] = forced[j] + z1 * responses[0, j] + z2 * responses[1, j]
                 z1, z2 = (
-                    lane1[lane] + z1 * ends[0, 0] + z2 * ends[1, 0],
-                    lane2[lane] + z1 * ends[0, 1] + z2 * ends[1, 1],
+                    lane_ends[lane, 0] + z1 * unit_ends[0, 0] + z2 * unit_ends[1, 0],
+                    lane_ends[lane, 1] + z1 * unit_ends[0, 1] + z2 * unit_ends[1, 1],
                 )
     return _biquad_serial(x, full, x.size, b0, b1, b2, a1, a2, z1, z2, out)
 

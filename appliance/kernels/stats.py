@@ -41,9 +41,11 @@ register(
 )
 
 
-# Long inputs run as groups of _EWMA_LANES blocks of _EWMA_BLOCK samples (see _ewma_blocks).
+# Long inputs run as groups of 8 blocks of _EWMA_BLOCK samples (see _ewma_blocks).
 _EWMA_BLOCK = 512
-_EWMA_LANES = 8
+# The scratch rows of the 8 blocks are this far apart: rows exactly 4 KiB apart would all
+# map to the same L1 cache set and evict each other.
+_EWMA_ROW = _EWMA_BLOCK + 8
 _EWMA_TINY = 1e-250  # powers of (1 - alpha) below this are flushed to 0: denormals are slow
 
 
@@ -56,33 +58,72 @@ def _ewma_serial(x, start, alpha, level, out):
 
 
 @njit(nogil=True, cache=True)
+def _ewma_zero_state(x, start, alpha, zero):
+    """Zero-state EWMA of the 8 blocks of _EWMA_BLOCK samples from x[start] into the rows
+    of `zero`, side by side: eight independent chains, each in a register of its own (an
+    array of lanes would put a store and a load into every chain). Returns whether all
+    eight ended finite."""
+    decay = 1.0 - alpha
+    n = _EWMA_BLOCK
+    r = _EWMA_ROW
+    x0 = x[start : start + n]  # views: plain indices, no wraparound checks
+    x1 = x[start + n : start + 2 * n]
+    x2 = x[start + 2 * n : start + 3 * n]
+    x3 = x[start + 3 * n : start + 4 * n]
+    x4 = x[start + 4 * n : start + 5 * n]
+    x5 = x[start + 5 * n : start + 6 * n]
+    x6 = x[start + 6 * n : start + 7 * n]
+    x7 = x[start + 7 * n : start + 8 * n]
+    z0 = zero[0:n]
+    z1 = zero[r : r + n]
+    z2 = zero[2 * r : 2 * r + n]
+    z3 = zero[3 * r : 3 * r + n]
+    z4 = zero[4 * r : 4 * r + n]
+    z5 = zero[5 * r : 5 * r + n]
+    z6 = zero[6 * r : 6 * r + n]
+    z7 = zero[7 * r : 7 * r + n]
+    l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = 0.0
+    for j in range(n):
+        l0 = decay * l0 + alpha * np.float64(x0[j])
+        z0[j] = l0
+        l1 = decay * l1 + alpha * np.float64(x1[j])
+        z1[j] = l1
+        l2 = decay * l2 + alpha * np.float64(x2[j])
+        z2[j] = l2
+        l3 = decay * l3 + alpha * np.float64(x3[j])
+        z3[j] = l3
+        l4 = decay * l4 + alpha * np.float64(x4[j])
+        z4[j] = l4
+        l5 = decay * l5 + alpha * np.float64(x5[j])
+        z5[j] = l5
+        l6 = decay * l6 + alpha * np.float64(x6[j])
+        z6[j] = l6
+        l7 = decay * l7 + alpha * np.float64(x7[j])
+        z7[j] = l7
+    return np.isfinite(((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)))
+
+
+@njit(nogil=True, cache=True)
 def _ewma_blocks(x, start, alpha, level, out):
     """The recurrence over whole groups of blocks from x[start]; returns (level, where the
     groups ended). y = (1-α)·y + α·x is linear, so a block's output is its zero-state output
-    plus (1-α)^(j+1)·level: _EWMA_LANES blocks first run from zero side by side (independent
-    chains, in lock-step), then each adds the true incoming level and passes on its last.
+    plus (1-α)^(j+1)·level: 8 blocks first run from zero side by side (_ewma_zero_state),
+    then each adds the true incoming level and passes on its last.
     A NaN or inf stops the groups: the plain loop then gives it its usual path."""
-    group = _EWMA_LANES * _EWMA_BLOCK
+    group = 8 * _EWMA_BLOCK
     decay = 1.0 - alpha
     powers = np.empty(_EWMA_BLOCK)  # (1-α)^(j+1)
     power = 1.0
     for j in range(_EWMA_BLOCK):
         power = power * decay if power >= _EWMA_TINY else 0.0
         powers[j] = power
-    zero = np.empty(group)
-    lanes = np.empty(_EWMA_LANES)
+    zero = np.empty(8 * _EWMA_ROW)
     while start + group <= x.size and np.isfinite(level):
-        lanes[:] = 0.0
-        for j in range(_EWMA_BLOCK):
-            for lane in range(_EWMA_LANES):
-                k = lane * _EWMA_BLOCK + j
-                lanes[lane] = decay * lanes[lane] + alpha * np.float64(x[start + k])
-                zero[k] = lanes[lane]
-        if not np.isfinite(lanes).all():
+        if not _ewma_zero_state(x, start, alpha, zero):
             break  # a NaN or inf in these blocks: leave them to the plain loop
-        for lane in range(_EWMA_LANES):
+        for lane in range(8):
             block = out[start + lane * _EWMA_BLOCK : start + (lane + 1) * _EWMA_BLOCK]
-            forced = zero[lane * _EWMA_BLOCK : (lane + 1) * _EWMA_BLOCK]
+            forced = zero[lane * _EWMA_ROW : lane * _EWMA_ROW + _EWMA_BLOCK]
             for j in range(_EWMA_BLOCK):
                 block[j] = forced[j] + powers[j] * level
             level = forced[_EWMA_BLOCK - 1] + powers[_EWMA_BLOCK - 1] * level
