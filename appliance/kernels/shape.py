@@ -13,16 +13,72 @@ from appliance.kernels.spec import InputError, InputRules, Kernel, Outputs
 
 
 @njit(nogil=True, cache=True)
+def _lttb_next_means(y, every, threshold, means):
+    """means[k-1] = the mean of y over bucket k's "next bucket" range, for k = 1 ..
+    threshold - 2, each summed in index order exactly as the textbook does.
+
+    A sum is a chain of dependent adds, so one bucket at a time waits on the add latency
+    every sample; here four buckets' sums run side by side (independent chains, each in
+    its own order)."""
+    n = y.size
+    count = threshold - 2
+    k = 1
+    while k + 3 <= count:
+        s0 = math.floor(k * every) + 1
+        s1 = math.floor((k + 1) * every) + 1
+        s2 = math.floor((k + 2) * every) + 1
+        s3 = math.floor((k + 3) * every) + 1
+        e3 = min(math.floor((k + 4) * every) + 1, n)
+        b0 = y[s0:s1]  # views: plain indices, no wraparound checks
+        b1 = y[s1:s2]
+        b2 = y[s2:s3]
+        b3 = y[s3:e3]
+        common = min(min(b0.size, b1.size), min(b2.size, b3.size))
+        t0 = t1 = t2 = t3 = 0.0
+        for j in range(common):
+            t0 += np.float64(b0[j])
+            t1 += np.float64(b1[j])
+            t2 += np.float64(b2[j])
+            t3 += np.float64(b3[j])
+        for j in range(common, b0.size):
+            t0 += np.float64(b0[j])
+        for j in range(common, b1.size):
+            t1 += np.float64(b1[j])
+        for j in range(common, b2.size):
+            t2 += np.float64(b2[j])
+        for j in range(common, b3.size):
+            t3 += np.float64(b3[j])
+        means[k - 1] = t0 / b0.size
+        means[k] = t1 / b1.size
+        means[k + 1] = t2 / b2.size
+        means[k + 2] = t3 / b3.size
+        k += 4
+    while k <= count:
+        bucket = y[math.floor(k * every) + 1 : min(math.floor((k + 1) * every) + 1, n)]
+        total = 0.0
+        for j in range(bucket.size):
+            total += np.float64(bucket[j])
+        means[k - 1] = total / bucket.size
+        k += 1
+
+
+@njit(nogil=True, cache=True)
 def _lttb(y, threshold):
     """Largest-Triangle-Three-Buckets (Steinarsson 2013) over the points (i, y[i]).
 
     Requires y.size > threshold ≥ 3. The first and last points are kept; the others are
     split into threshold - 2 buckets, and from each bucket the point that makes the largest
     triangle with the previously kept point and the mean of the next bucket is kept.
+    Every float64 operation of the textbook is repeated in its order, so the same points
+    are chosen; the next buckets' means, which do not depend on any choice, are summed
+    first (_lttb_next_means), and the triangle areas are compared unhalved (halving by
+    0.5 is exact, so it never changes which is largest).
     """
     n = y.size
     every = (n - 2) / (threshold - 2)
     keep = np.empty(threshold, dtype=np.int64)
+    means = np.empty(threshold - 2)
+    _lttb_next_means(y, every, threshold, means)
     keep[0] = 0
     a = 0
     for bucket in range(threshold - 2):
@@ -31,22 +87,23 @@ def _lttb(y, threshold):
         # The sum of the indices in closed form: an integer below 2^53, so the same double
         # as summing them one by one.
         mean_x = float((next_start + next_end - 1) * (next_end - next_start) // 2)
-        mean_y = 0.0
-        for j in range(next_start, next_end):
-            mean_y += np.float64(y[j])
         mean_x /= next_end - next_start
-        mean_y /= next_end - next_start
         start = math.floor(bucket * every) + 1
         end = math.floor((bucket + 1) * every) + 1
         ax = float(a)
         ay = np.float64(y[a])
+        across = ax - mean_x
+        up = means[bucket] - ay
         best_area = -1.0
         best = start
-        for j in range(start, end):
-            area = abs((ax - mean_x) * (np.float64(y[j]) - ay) - (ax - j) * (mean_y - ay)) * 0.5
+        points = y[start:end]
+        point_x = float(start)  # exact: indices stay below 2^53
+        for j in range(points.size):
+            area = abs(across * (np.float64(points[j]) - ay) - (ax - point_x) * up)
+            point_x += 1.0
             if area > best_area:
                 best_area = area
-                best = j
+                best = start + j
         keep[bucket + 1] = best
         a = best
     keep[threshold - 1] = n - 1
