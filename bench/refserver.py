@@ -42,9 +42,6 @@ def make_app(body: bytes, content_type: str) -> Any:
 
 def appliance_hypercorn_config() -> Config:
     """The appliance's own hypercorn settings, bound to 127.0.0.1:0."""
-    # Import the runtime first, as the appliance does: importing appliance.api first runs
-    # into a circular import (appliance.api -> runtime.health -> runtime -> appliance.api).
-    import appliance.runtime  # noqa: F401
     from appliance.api.server import hypercorn_config
     from appliance.settings import Address, HttpSettings, Settings
 

@@ -11,7 +11,8 @@ import httpx
 from appliance import __version__
 from appliance.cli import admin, bus, config, run, status, tasks, tokens
 from appliance.cli.common import BAD_CONFIG, FAILURE, CliError, add_settings_options
-from appliance.runtime import AlreadyRunning, StartupError
+from appliance.runtime.errors import StartupError
+from appliance.runtime.lock import AlreadyRunning
 from appliance.settings import SettingsError
 from appliance.store import StoreError
 

@@ -7,7 +7,7 @@ import logging
 import os
 
 from appliance.cli.common import sources_from
-from appliance.runtime import listen_fds_http, run
+from appliance.runtime.activation import listen_fds_http
 from appliance.runtime.logs import configure_logging
 from appliance.settings import load_settings
 
@@ -38,6 +38,8 @@ def run_service(args: argparse.Namespace) -> int:
             "log.level": args.log_level,
         },
     )
+    from appliance.runtime.main import run  # the whole service: imported only to run it
+
     settings = load_settings(sources)
     configure_logging(settings.log.level)
     if settings.config_file is not None:

@@ -47,6 +47,7 @@ from appliance.ota import OtaService
 from appliance.runtime.compute import build_scheduler, load_kernel_library, warm_kernels
 from appliance.runtime.configure import build_config, start_config
 from appliance.runtime.endpoints import http_url, write_endpoints
+from appliance.runtime.errors import StartupError
 from appliance.runtime.health import ComponentHealth, Health
 from appliance.runtime.lock import InstanceLock
 from appliance.runtime.logs import set_level
@@ -75,10 +76,6 @@ class Runtime:
     overlay: dict[str, object] = field(default_factory=dict)
     local: Settings | None = None  # the settings from `sources` alone, before the overlay
     exit_code: int = 0  # 75 after an OTA switch: systemd restarts into the other slot
-
-
-class StartupError(Exception):
-    """A service could not start for a reason the operator can fix (a port in use...)."""
 
 
 def run(settings: Settings, sources: SettingsSources) -> int:
