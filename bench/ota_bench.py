@@ -8,11 +8,18 @@ files of 4 MiB, in the page cache by the time it is read):
 - **verification**: `ota.verify_file` (header, signatures, manifest, then every payload
   byte hashed); the best of REPEATS. Target: >= 80 % of raw sha256.
 - **install, in process**: the device's own pipeline (`appliance.ota.installer.
-  receive_bundle`: header, policy, payload hashed and written into the staging slot by a
-  worker thread) fed from the file, then `SlotManager.mark_complete` (fsync of the tree,
-  completion marker). Target: >= 80 % of raw sha256. Its details also give the disk's own
-  bound, measured beside it: the same bytes written and fsynced (best of REPEATS); a
-  durable install cannot be faster than that, whatever the hashing costs.
+  receive_bundle`: header, policy, then the payload hashed, written and its large files
+  fsynced by three overlapping worker threads in the staging slot) fed from the file, then
+  `SlotManager.mark_complete` (fsync of the tree, completion marker). Target: >= 80 % of
+  raw sha256; the best of DISK_PAIRS.
+- **write + fsync of the same bytes** (the disk's bound): the bundle's bytes written to
+  one file and fsynced, measured in pairs with the install (back to back, alternating
+  which goes first, so both see the same disk); the best of DISK_PAIRS. A durable install
+  writes and fsyncs every byte: where this is slower than sha256 the install cannot reach
+  80 % of sha256, and the row **install in process, share of write + fsync** says how
+  close it runs to the disk (its details: every pair, and the median of the pairs' ratios,
+  steadier than the ratio of the bests when the disk's speed drifts). The writeback of an
+  install starts with its first MiB, so it can come out slightly above 100 %.
 - **install over HTTP**: the same through a running appliance, `POST /api/v1/ota/bundles`
   streamed from the file, until the 202 (every byte verified and written; the fsync
   follows). For information: it adds hypercorn's and Quart's per-64-KiB costs.
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -67,6 +75,7 @@ MiB = 1 << 20
 BUNDLE_FILES = 50
 FILE_MIB = 4
 REPEATS = 3
+DISK_PAIRS = 5  # write + fsync and install, measured in pairs
 TARGET_RATIO = 0.8
 TARGET_RSS_MIB = 32.0
 READY_TIMEOUT_S = 60.0
@@ -111,6 +120,30 @@ def _write_and_fsync(source: Path, target: Path) -> None:
             out.write(view[:count])
         os.fsync(out.fileno())
     target.unlink()
+
+
+def _install_and_disk(
+    work: Path, bundle: Path, trust_root: TrustRoot
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """(write + fsync MiB/s, install MiB/s, each pair): DISK_PAIRS pairs measured back to
+    back, in alternating order, so that both see the same disk (whose speed drifts with the
+    other jobs on the machine); each figure is the best of its runs."""
+    size = bundle.stat().st_size
+    size_mib = size / MiB
+    pairs: list[tuple[float, float]] = []
+    for index in range(DISK_PAIRS):
+        box = Box(work / f"install-{index}")
+        speeds: dict[str, float] = {}
+        for which in ("disk", "install") if index % 2 == 0 else ("install", "disk"):
+            began = time.perf_counter()
+            if which == "disk":
+                _write_and_fsync(bundle, work / f"copy-{index}")
+            else:
+                trio.run(_install, bundle, size, box, trust_root)
+            speeds[which] = size_mib / (time.perf_counter() - began)
+        shutil.rmtree(box.base, ignore_errors=True)
+        pairs.append((speeds["disk"], speeds["install"]))
+    return max(d for d, _ in pairs), max(i for _, i in pairs), pairs
 
 
 def _policy(trust_root: TrustRoot, limit: int) -> DevicePolicy:
@@ -343,23 +376,48 @@ def run() -> list[Figure]:
         )
         figures.append(_ratio("verification of a 200 MiB bundle", verify, raw))
 
-        copies = iter(range(REPEATS))
-        disk = size_mib / _best(lambda: _write_and_fsync(bundle, work / f"copy-{next(copies)}"))
-        log(f"{NAME}: write + fsync of the same bytes {disk:.0f} MiB/s")
-        times = []
-        for index in range(REPEATS):
-            box = Box(work / f"install-{index}")
-            began = time.perf_counter()
-            trio.run(_install, bundle, bundle.stat().st_size, box, trust_root)
-            times.append(time.perf_counter() - began)
-        install = size_mib / min(times)
-        figure = _ratio("install in process (verify, write, fsync)", install, raw)
-        figure.details = {
+        disk, install, pairs = _install_and_disk(work, bundle, trust_root)
+        figures.append(_ratio("install in process (verify, write, fsync)", install, raw))
+        figures[-1].details = {
             "write_fsync_mib_s": round(disk, 1),
             "ratio_to_write_fsync": round(install / disk, 3),
             "note": "durable: bound by the disk when write+fsync is slower than sha256",
         }
-        figures.append(figure)
+        figures.append(
+            Figure(
+                NAME,
+                "write + fsync of the same bytes (the disk's bound)",
+                round(disk, 1),
+                "MiB/s",
+                "info",
+                None,
+                reference=round(raw, 1),
+                reference_name="raw sha256",
+                ratio=round(disk / raw, 3),
+            )
+        )
+        ratios = sorted(pair[1] / pair[0] for pair in pairs)
+        figures.append(
+            Figure(
+                NAME,
+                "install in process, share of write + fsync",
+                round(install, 1),
+                "MiB/s",
+                "info",
+                None,
+                reference=round(disk, 1),
+                reference_name="write + fsync",
+                ratio=round(install / disk, 3),
+                details={
+                    "pairs_mib_s": [[round(d, 1), round(i, 1)] for d, i in pairs],
+                    "median_ratio_of_pairs": round(ratios[len(ratios) // 2], 3),
+                },
+            )
+        )
+        log(
+            f"{NAME}: install {install:.0f} MiB/s = {install / disk:.0%} of write + fsync"
+            f" {disk:.0f} MiB/s (median of pairs {ratios[len(ratios) // 2]:.0%})"
+        )
 
         log(f"{NAME}: install over HTTP")
         http_speed, growth, details = _http_install(work, bundle)

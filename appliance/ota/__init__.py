@@ -5,7 +5,7 @@ slots are `firmware`; this package is the appliance's side between them.
     appliance.ota.service    OtaService: install, switch, start-up settling, trial, commit,
                              rollback (the one object the runtime and the routes hold)
     appliance.ota.installer  receive_bundle(): upload -> verified tree in the staging slot
-    appliance.ota.staging    StagingWriter: payload events -> files, hashed as written
+    appliance.ota.staging    StagingWriter: payload -> files: hash, write, fsync (pipelined)
     appliance.ota.policy     DevicePolicy: the box's verdict on a header (sans-IO)
     appliance.ota.jobs       Job, the job state table, settle() after a restart (pure)
     appliance.ota.records    OtaRecords: jobs and the ledger (floor, denylist, time mark)

@@ -8,10 +8,13 @@ than a few MiB of it:
    after the header is looked at before this passes, and nothing on the box has changed
    yet (a refusal here leaves the slots and the store exactly as they were);
 3. `stage(manifest)`: the service empties the inactive slot and says where it is;
-4. the payload, gathered into batches of about 1 MiB and handed through a one-slot
-   channel to a worker thread running `StagingWriter.feed`, which hashes each file's bytes
-   and writes the very same buffer to disk; the event loop receives the next batch
-   meanwhile. The upload is then `finish`ed: every file matched its signed sha256.
+4. the payload, gathered into batches of about 1 MiB and pipelined through bounded
+   channels (`_stream_payload`): a worker thread hashes batch N (`StagingWriter.hash`)
+   while another writes the very same buffers of batch N-1 to disk (`StagingWriter.write`)
+   and a third fsyncs the large files already written whole (`StagingWriter.sync`); the
+   event loop receives the next batch meanwhile. When the last stage has drained, every
+   file matched its signed sha256 and every byte is written (durable once `mark_complete`
+   has fsynced the tree; nothing trusts the slot before its completion marker).
 
 Limits, each ending the upload at once with its code: more bytes than `limit` before the
 header says how large the bundle is (`too_large`), then any byte beyond the declared size
@@ -46,10 +49,12 @@ from appliance.ota.policy import DevicePolicy
 from appliance.ota.records import OtaRecords
 from appliance.ota.staging import StagingWriter
 from ota import ErrorCode, HeaderReader, Manifest, OtaError
+from ota.payload import Event
 
 __all__ = ["BATCH_BYTES", "JobTracker", "Received", "UploadStream", "receive_bundle"]
 
 BATCH_BYTES = 1 << 20
+SYNC_QUEUE = 16  # batches' worth of finished files the writer may run ahead of their fsyncs
 PAUSE_FILE_ENV = "APPLIANCE_TEST_OTA_PAUSE_FILE"  # test-only (module docstring)
 
 
@@ -194,30 +199,62 @@ async def _stream_payload(
     first: memoryview,
     on_files: Callable[[int], None],
 ) -> None:
-    send, receive = trio.open_memory_channel[list[Any]](1)
+    """Four stages, each a task of one nursery, linked by bounded channels, so that
+    hashing, writing and the disk overlap:
 
-    async def write() -> None:
-        async with receive:
-            async for batch in receive:
-                await trio.to_thread.run_sync(writer.feed, batch)
+    - this task reads the upload into batches of about BATCH_BYTES;
+    - `hash_batches` hashes each batch in a worker thread (`StagingWriter.hash`);
+    - `write_batches` writes the events of the batch before it in another
+      (`StagingWriter.write`, which also starts the writeback);
+    - `sync_files` fsyncs the large files written whole in a third (`StagingWriter.sync`),
+      so the disk is kept busy from the first MiB on and `mark_complete` finds little to
+      do. Each fsync waits for the disk; the writer may run SYNC_QUEUE batches' worth of
+      finished files ahead of them (paths only, no buffers) before it waits too.
+
+    At most five batches of the upload are held (one being gathered, one in each of the
+    two one-slot channels, one in each of the first two threads), and a slow disk slows
+    the upload down through the channels. The first failure cancels the other stages;
+    worker threads are not abandoned, so when this returns or raises no thread touches
+    the staging directory any more."""
+    to_hash, hash_queue = trio.open_memory_channel[list[Any]](1)
+    to_write, write_queue = trio.open_memory_channel[list[Event]](1)
+    to_sync, sync_queue = trio.open_memory_channel[list[Path]](SYNC_QUEUE)
+
+    async def hash_batches() -> None:
+        async with hash_queue, to_write:
+            async for batch in hash_queue:
+                await to_write.send(await trio.to_thread.run_sync(writer.hash, batch))
+            await to_write.send(await trio.to_thread.run_sync(writer.finish_hash))
+
+    async def write_batches() -> None:
+        async with write_queue, to_sync:
+            async for events in write_queue:
+                finished = await trio.to_thread.run_sync(writer.write, events)
                 on_files(writer.files_done)
-        await trio.to_thread.run_sync(writer.finish)
-        on_files(writer.files_done)
+                if finished:
+                    await to_sync.send(finished)
+
+    async def sync_files() -> None:
+        async with sync_queue:
+            async for paths in sync_queue:
+                await trio.to_thread.run_sync(writer.sync, paths)
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            async with send:
+            nursery.start_soon(sync_files)
+            nursery.start_soon(write_batches)
+            nursery.start_soon(hash_batches)
+            async with to_hash:
                 batch: list[Any] = [first] if first else []
                 size = len(first)
                 while (chunk := await stream.read()) is not None:
                     batch.append(chunk)
                     size += len(chunk)
                     if size >= BATCH_BYTES:
-                        await send.send(batch)
+                        await to_hash.send(batch)
                         batch, size = [], 0
                 if batch:
-                    await send.send(batch)
+                    await to_hash.send(batch)
     except BaseExceptionGroup as group:
         raise _first_cause(group) from None
 

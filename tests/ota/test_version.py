@@ -73,7 +73,7 @@ def test_not_a_version(text: str) -> None:
         Version.parse(text)
 
 
-idents = st.from_regex(r"(0|[1-9][0-9]{0,3}|[0-9]*[a-zA-Z-][0-9a-zA-Z-]{0,5})", fullmatch=True)
+idents = st.from_regex(r"(0|[1-9][0-9]{0,3}|[0-9]{0,5}[a-zA-Z-][0-9a-zA-Z-]{0,5})", fullmatch=True)
 versions = st.builds(
     "{}.{}.{}{}{}".format,
     st.integers(0, 20),

@@ -295,3 +295,42 @@ def test_an_install_needs_the_admin_role_and_a_bundle_media_type(world):
         check_problem(nothing, 409, "no_pending")
         no_fallback = http.post("/api/v1/ota/rollback", headers=world.headers())
         check_problem(no_fallback, 409, "no_fallback")
+
+
+def test_a_late_mismatch_in_a_large_bundle_fails_and_changes_nothing(make_box):
+    """The box hashes a batch while it writes the one before: a file that turns out bad
+    12 MiB in, after three files were written whole (the writer is at most three batches
+    of about 1 MiB behind the hasher), still fails with its code, counts only those three,
+    and leaves both slots, the boot state and the ledger as they were."""
+    box = make_box(ota_max_bundle_bytes=str(32 << 20))
+    process = box.start(from_slot=False)
+    world = World(box, process.url, process.token)
+    files = {f"lib/part-{index}.bin": (bytes([index]) * (2 << 20), 0o100644) for index in range(3)}
+    files["share/late.bin"] = (bytes(range(256)) * (24 << 10), 0o100755)  # 6 MiB
+    entries = [craft.entry(path, data, mode) for path, (data, mode) in files.items()]
+    document = doc(files=entries, total_size=sum(len(data) for data, _ in files.values()))
+    payload = b"".join(data for data, _ in files.values())
+    data = craft.make_bundle(
+        document, keys=(KEY_A,), payload=payload[:-1] + bytes([payload[-1] ^ 1])
+    )
+    before = world.seen()
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(data), 64 << 10):
+            yield data[start : start + (64 << 10)]
+
+    response = httpx.post(
+        f"{world.url}/api/v1/ota/bundles",
+        content=chunks(),
+        headers={**world.headers(), "Content-Length": str(len(data))},
+        timeout=60,
+    )
+    body = check_problem(response, 422, "payload_hash_mismatch")
+    assert "share/late.bin" in body["detail"]
+    job = body["job"]
+    assert (job["state"], job["code"]) == ("failed", "payload_hash_mismatch")
+    assert job["progress"]["files_done"] == 3
+    assert world.last_job()["id"] == job["id"]
+    assert world.seen() == before
+    assert list((box.root / "b").iterdir()) == []
+    process.stop()

@@ -16,8 +16,9 @@ from appliance.ota.errors import OtaRefused
 from appliance.ota.installer import UploadStream, receive_bundle
 from appliance.ota.pacing import PacedBody
 from appliance.ota.policy import DevicePolicy
+from appliance.ota.staging import StagingWriter
 from appliance.ota.trial import until_healthy
-from ota import ErrorCode, OtaError
+from ota import ErrorCode, HeaderReader, OtaError
 from tests.ota import craft
 
 
@@ -95,6 +96,64 @@ async def test_a_changed_payload_byte_is_refused_at_the_end_of_its_file(tmp_path
         await recorder.receive([bytes(data)])
     assert refused.value.code is ErrorCode.PAYLOAD_HASH_MISMATCH
     assert "'README'" in refused.value.detail  # the caller then throws the slot away
+
+
+def late_mismatch_bundle() -> tuple[bytes, dict[str, tuple[bytes, int]], str]:
+    """Three files of 1.5 MiB, then one of 6 MiB whose last byte differs from the signed
+    one: the mismatch is known 10.5 MiB in, while the files before it were written long ago
+    (the writer is at most three batches of about 1 MiB behind the hasher)."""
+    good = {
+        f"lib/part-{index}.bin": (bytes([index]) * (3 << 19), 0o100644 | (index & 1) * 0o111)
+        for index in range(3)
+    }
+    late = bytes(range(256)) * (24 << 10)
+    signed = {**good, "share/late.bin": (late, 0o100644)}
+    payload = b"".join(data for data, _ in signed.values())
+    flipped = payload[:-1] + bytes([payload[-1] ^ 1])
+    return craft.make_bundle(craft.manifest_doc(signed), payload=flipped), good, "share/late.bin"
+
+
+async def test_a_late_mismatch_fails_with_its_code_after_the_earlier_files_were_written(
+    tmp_path,
+):
+    data, good, late = late_mismatch_bundle()
+    recorder = Recorder(tmp_path / "slot")
+    with pytest.raises(OtaError) as refused:
+        await recorder.receive(craft.split(data, range(0, len(data), 64 << 10)), limit=len(data))
+    assert refused.value.code is ErrorCode.PAYLOAD_HASH_MISMATCH
+    assert repr(late) in refused.value.detail
+    # the pipeline wrote the files before it whole, hashed and with their modes, and
+    # counted exactly those: the failed file was never finished
+    assert recorder.files == len(good)
+    for path, (content, mode) in good.items():
+        written = tmp_path / "slot" / path
+        assert written.read_bytes() == content
+        assert stat.S_IMODE(written.stat().st_mode) == mode & 0o777
+    bad = tmp_path / "slot" / late
+    if bad.exists():  # partly written, never finished: still the writer's private 0600
+        assert stat.S_IMODE(bad.stat().st_mode) == 0o600
+
+
+async def test_a_mutable_chunk_is_hashed_and_written_as_it_was_when_it_came(tmp_path):
+    """The writer writes a batch after the hasher is done with it: a caller that reuses a
+    mutable buffer meanwhile must not change what lands on disk."""
+    content = bytes(range(256)) * 64
+    header = HeaderReader()
+    header.feed(craft.make_bundle(craft.manifest_doc({"f": (content, 0o100644)})))
+    assert header.header is not None
+    manifest = policy().check(header.header)
+    (tmp_path / "slot").mkdir()
+    writer = StagingWriter(tmp_path / "slot", manifest)
+    buffer = bytearray(content)
+    events = writer.hash([buffer, memoryview(buffer)[:0]])
+    buffer[:] = bytes(len(buffer))  # reused before the write
+    try:
+        writer.write(events)
+        writer.write(writer.finish_hash())
+    finally:
+        writer.close()
+    assert (tmp_path / "slot" / "f").read_bytes() == content
+    assert writer.files_done == 1
 
 
 async def test_nothing_is_staged_before_the_header_passed(tmp_path):
