@@ -19,7 +19,9 @@
     └── NoRoot                     the slot root directory does not exist
 
 The CLI maps these to exit codes in one place (`firmware.cli`); the appliance maps them to
-problem details. A refused or failed operation changes nothing on disk.
+problem details. A refused operation changes nothing on disk; a failed `mark_pending`,
+`commit`, `rollback` or `adopt` puts back what it wrote (`SlotManager._save_or_undo`),
+unless that fails too, which its error's note then says.
 """
 
 from __future__ import annotations

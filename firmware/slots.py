@@ -17,6 +17,12 @@ is the truth; the link and the mirror are derived from it and repaired on the ne
 operation if a crash came between the writes. Files are written with
 `firmware.durable` (temp file, fsync, rename, fsync of the directory).
 
+A write that fails (an error the caller lives on to report, not a crash) is undone for the
+operations whose callers act on the outcome (`mark_pending`, `commit`, `rollback`,
+`adopt`: `_save_or_undo`): the state read before is written back and the link and mirror
+follow it, so the next start does what the reported failure says. `commit` rechecks the
+completion marker of the slot on trial and refuses (`slot_incomplete`) when it is gone.
+
 The methods are synchronous and short (a few fsyncs; `mark_complete` fsyncs a whole
 tree, outside the lock); the appliance calls them through `trio.to_thread.run_sync`.
 """
@@ -42,7 +48,7 @@ from firmware.durable import (
     sync_tree,
     write_atomic,
 )
-from firmware.errors import NoRoot, Refused, StateError
+from firmware.errors import FirmwareError, NoRoot, Refused, StateError
 from firmware.record import decode_state, encode_state
 from firmware.state import (
     SLOTS,
@@ -218,6 +224,31 @@ class SlotManager:
             self.boot_env.update(boot_variables(new))
         return new
 
+    def _save_or_undo(self, loaded: _Loaded, new: BootState) -> BootState:
+        """`_save`, all or nothing, for an operation whose caller acts on its outcome
+        (`mark_pending`, `commit`, `rollback`, `adopt`): if any write fails (the state, the
+        link switch, the mirror), the state `loaded` held is written back and the link and
+        the mirror follow it again, then the error is raised. So a failed operation
+        changes nothing, and the failure its caller reports is the truth: without this, a
+        state written before a failed link switch would still be acted on at the next
+        start (`on_start` repairs the link from the state).
+
+        If putting the old state back fails too, the error is raised with a note, and the
+        stored state is whatever it is now: the caller must read `status()` to know what
+        the next start will do."""
+        try:
+            return self._save(loaded, new)
+        except (OSError, FirmwareError) as exc:
+            try:
+                now = self._load()
+                self._save(now, dataclasses.replace(loaded.state, seq=now.state.seq))
+            except (OSError, FirmwareError) as undo:
+                exc.add_note(
+                    f"the previous boot state could not be put back ({undo}); the stored "
+                    "state stands and the next start follows it"
+                )
+            raise
+
     def staging_dir(self, slot: str) -> Path:
         """Empty `slot` for a new install and return its directory. Refused for the
         running or good slot, and while an update is on trial."""
@@ -246,14 +277,19 @@ class SlotManager:
         """The first install: the complete `slot` becomes current and good."""
         with self._locked() as loaded:
             new = transitions.adopt(loaded.state, slot, version, self._installed())
-            return self._save(loaded, new)
+            return self._save_or_undo(loaded, new)
 
     def mark_pending(self, slot: str, version: str, tries: int = DEFAULT_TRIES) -> BootState:
         """Switch `current` to the freshly installed `slot`, on trial for `tries` starts.
-        The caller then exits with RESTART_INTO_OTHER_SLOT."""
+        The caller then exits with RESTART_INTO_OTHER_SLOT.
+
+        All or nothing (`_save_or_undo`): when the state is written but the link cannot be
+        switched (an I/O error, a full disk), the state is put back, so the box stays on
+        the good slot and the next start does not boot the new one. Only if that fails
+        too may the switch stand (the error carries a note; `status()` says)."""
         with self._locked() as loaded:
             new = transitions.mark_pending(loaded.state, slot, version, tries, self._installed())
-            return self._save(loaded, new)
+            return self._save_or_undo(loaded, new)
 
     def on_start(self, running_slot: str | None = None) -> StartReport:
         """Call first thing when the application starts, before it does any work.
@@ -305,9 +341,13 @@ class SlotManager:
         return _Loaded(state, ("recovered", "recovered"), None)
 
     def commit(self) -> BootState:
-        """The slot on trial is good. Refused (`no_pending`) when nothing is pending."""
+        """The slot on trial is good. Refused when nothing is pending (`no_pending`), or
+        when the slot on trial is no longer complete (`slot_incomplete`: its completion
+        marker is gone, torn or names another version): it stays on trial, and the next
+        start gives it up and goes back to the good slot."""
         with self._locked() as loaded:
-            return self._save(loaded, transitions.commit(loaded.state))
+            new = transitions.commit(loaded.state, self._installed())
+            return self._save_or_undo(loaded, new)
 
     def rollback(self, reason: str = "manual rollback") -> FailedVersion:
         """Back to the good slot (on trial) or the previous good slot (committed); the
@@ -322,5 +362,5 @@ class SlotManager:
                 at=int(self.clock()),
                 installed=self._installed(),
             )
-            self._save(loaded, new)
+            self._save_or_undo(loaded, new)
         return new.failed[-1]

@@ -185,9 +185,19 @@ def mark_pending(
     return _moved(state, Event.MARK_PENDING, after)
 
 
-def commit(state: BootState) -> BootState:
-    """The pending slot proved itself: it is good; the old good slot is the fallback."""
+def commit(state: BootState, installed: Installed) -> BootState:
+    """The pending slot proved itself: it is good; the old good slot is the fallback.
+    Refused (`slot_incomplete`) when the pending slot's completion marker no longer names
+    its version (gone, torn, or another version's): a slot that is not complete never
+    becomes the good one; the next start gives it up."""
     _require(state, Event.COMMIT)
+    assert state.current is not None  # on trial
+    if installed.get(state.current) != state.versions[state.current]:
+        raise Refused(
+            "slot_incomplete",
+            f"slot {state.current} no longer holds version {state.versions[state.current]} "
+            "completely: not committed",
+        )
     after = dataclasses.replace(
         state, good=state.current, pending=None, tries_left=0, previous_good=state.good
     )
@@ -204,6 +214,8 @@ def rollback(
     assert state.current is not None and state.good is not None  # not EMPTY
     if state.phase is Phase.TRIAL:
         target = state.good
+        if cause == "manual" and installed.get(target) != state.versions[target]:
+            raise Refused("slot_incomplete", f"slot {target} no longer holds its version")
     else:
         if state.previous_good is None:
             raise Refused("no_fallback", "no previous good slot to roll back to")

@@ -33,6 +33,10 @@ class DeviceCode(StrEnum):
     NOT_INITIALIZED = "not_initialized"  # no slot installed yet: `firmware init` (409)
     NO_PENDING = "no_pending"  # commit with nothing on trial (409)
     NO_FALLBACK = "no_fallback"  # rollback with no good slot to go back to (409)
+    # commit of a slot on trial that is no longer complete (its marker gone or torn), or a
+    # rollback into such a slot (409); also a `rolled_back` job's code (the boot step gave
+    # the slot up for it)
+    SLOT_INCOMPLETE = "slot_incomplete"
     OTA_UNAVAILABLE = "ota_unavailable"  # the firmware root is missing or unreadable (503)
     NO_TRUST_ROOT = "no_trust_root"  # the trust root file is missing or invalid (503)
     STALLED = "stalled"  # the sender sent nothing for ota.stall_timeout_s (408)

@@ -17,7 +17,12 @@ every file matched, the request is answered (202) and the switch runs in this se
 nursery: `mark_complete` (fsync of the tree, then the completion marker), `mark_pending`
 (`current` now points at the new slot, on trial for `ota.tries` starts), the time
 high-water mark, then the job is `rebooting` and the appliance is asked to stop and exit
-75 (`RESTART_INTO_OTHER_SLOT`) for systemd to start the new slot.
+75 (`RESTART_INTO_OTHER_SLOT`) for systemd to start the new slot. A failed `mark_pending`
+puts the boot state back (the firmware's all-or-nothing switch), and the job ends `failed`;
+after a failure the service reads the boot state again and the job follows what the next
+start will do: if the state has the new version on trial anyway (putting it back failed
+too), the job goes on to `rebooting`; if the state cannot be read, the process exits 1 and
+the next start settles the job.
 
 **Start** (`serve`): the tries are not counted here but by the unit's `ExecStartPre=`
 (`firmware boot`), before any code of the new slot runs (docs/ota.md, "Commit or roll
@@ -28,7 +33,9 @@ denylist and the good slot's version raises the floor; unfinished jobs are settl
 every component has been ok for `ota.healthy_s` without a break it commits (the floor
 becomes the new version); if that has not happened within `ota.trial_timeout_s`, or the
 commit itself fails (an I/O error, the state lock held too long), it exits 1, so that
-systemd restarts it and the boot step spends another try.
+systemd restarts it and the boot step spends another try. A commit refused because the
+slot on trial lost its completion marker (`slot_incomplete`, by hand or by the watcher),
+or a start from such a slot, exits 1 too: the boot step then gives the slot up.
 """
 
 from __future__ import annotations
@@ -118,9 +125,19 @@ class OtaService:
             )
             self.restart(RESTART_INTO_OTHER_SLOT)
             return
+        pending_version = status.slot(status.pending).version if status.pending else None
+        if status.pending is not None and running == status.pending and pending_version is None:
+            # Before the jobs are settled: the job follows the box once the boot step gave
+            # the slot up (`rolled_back` `slot_incomplete`), not the half-seen trial.
+            log.error(
+                "slot %s on trial is no longer complete (its completion marker is gone): "
+                "exiting 1 so that the boot step gives it up",
+                running,
+            )
+            self.restart(1)
+            return
         await self._sync_ledger(status)
         await self._settle_jobs(status)
-        pending_version = status.slot(status.pending).version if status.pending else None
         self.trial = pending_version is not None and (
             running == status.pending or (running is None and pending_version == RUNNING_VERSION)
         )
@@ -144,6 +161,8 @@ class OtaService:
             await self.records.raise_floor(good)
 
     async def _settle_jobs(self, status: Status) -> None:
+        if status.pending is not None and not status.slot(status.pending).complete:
+            return  # the next boot step gives the slot on trial up: settle the jobs then
         facts = BoxFacts(
             phase=status.phase,
             current_version=status.current_version,
@@ -178,6 +197,8 @@ class OtaService:
         except OtaRefused as exc:  # an I/O error, the state lock held too long, ...
             if exc.code == DeviceCode.NO_PENDING:
                 return  # committed by hand meanwhile
+            if exc.code == DeviceCode.SLOT_INCOMPLETE:
+                return  # `commit` asked for the restart already
             log.error(
                 "could not commit version %s: %s; exiting 1 so that the boot step spends "
                 "another try",
@@ -342,11 +363,32 @@ class OtaService:
             refusal = refusal_of(exc, 0.0) or OtaRefused(500, DeviceCode.INSTALL_FAILED, str(exc))
             if refusal.code == DeviceCode.OTA_UNAVAILABLE:  # the slots' I/O error: a failed write
                 refusal = OtaRefused(500, DeviceCode.INSTALL_FAILED, refusal.detail)
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT_S):
-                await self._fail(tracker, refusal, [job.slot])
-            self._busy = False
-            self.current = None
-            return
+            installed = tracker.job.state is JobState.INSTALLED
+            switched = await self._switched(job) if installed else False
+            if switched is None:
+                log.error(
+                    "OTA job %s: the switch to slot %s failed (%s) and the boot state cannot "
+                    "be read; exiting 1: the next start settles the job from the slots",
+                    job.id,
+                    job.slot,
+                    refusal.detail,
+                )
+                self.restart(1)  # busy until the process exits
+                return
+            if not switched:
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT_S):
+                    await self._fail(tracker, refusal, [job.slot])
+                self._busy = False
+                self.current = None
+                return
+            log.error(
+                "OTA job %s: the switch to slot %s failed (%s) but could not be undone: the "
+                "boot state has version %s on trial, so the next start runs it",
+                job.id,
+                job.slot,
+                refusal.detail,
+                job.version,
+            )
         await self.records.observe_time(manifest.created)
         await tracker.move(JobState.REBOOTING)
         log.info(
@@ -356,6 +398,19 @@ class OtaService:
             job.slot,
         )
         self.restart(RESTART_INTO_OTHER_SLOT)  # busy until the process exits
+
+    async def _switched(self, job: Job) -> bool | None:
+        """After `mark_pending` failed: whether the boot state has the job's version on
+        trial anyway (True: the switch stands and the next start runs it), not (False: the
+        firmware put the previous state back, or never wrote one), or None when the state
+        cannot be read. The stored state is what the next start follows, so the job
+        follows it too."""
+        assert self.slots is not None
+        try:
+            status = await self.slots.status()
+        except OtaRefused:
+            return None
+        return status.pending == job.slot and status.current_version == job.version
 
     async def _policy(self) -> DevicePolicy:
         settings = self.settings()
@@ -390,7 +445,16 @@ class OtaService:
         """The version on trial is good: commit it and raise the floor to it."""
         slots = self._slots()
         self._not_installing()
-        state = await slots.commit()
+        try:
+            state = await slots.commit()
+        except OtaRefused as exc:
+            if exc.code == DeviceCode.SLOT_INCOMPLETE and self.trial:
+                # The slot this process runs from lost its completion marker: it can never
+                # be committed. Exit 1: the boot step then gives it up (`slot_incomplete`)
+                # and starts the good slot.
+                log.error("cannot commit version %s: %s; exiting 1", RUNNING_VERSION, exc)
+                self.restart(1)
+            raise
         version = state.versions[state.current or ""]
         if version is not None:
             await self.records.raise_floor(version)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from firmware import (
     RESTART_INTO_OTHER_SLOT,
+    BootEnvError,
+    BootState,
     Busy,
     GrubEnvFile,
     MemoryBootEnvironment,
@@ -416,3 +421,186 @@ def test_no_root_and_empty_root(tmp_path):
         empty.on_start()
     assert refused.value.code == "not_initialized"
     assert empty.inactive_slot() == "a"
+
+
+# --- a failure between the state write and the link switch (or the mirror) ------------------
+#
+# Injected as in tests/ota/device/faults.py: a directory planted where a durable write or a
+# link switch creates its temp file, so the real code meets a real EISDIR. The state write
+# of the operation goes into the copy that is not the newest; its undo (putting the previous
+# state back) goes into the other one, the newest before the operation.
+
+
+@contextlib.contextmanager
+def planted(*paths: Path) -> Iterator[None]:
+    """A non-empty directory at each of `paths`: creating, unlinking or renaming over it
+    fails with EISDIR (or ENOTEMPTY). Removed on leaving."""
+    for path in paths:
+        path.mkdir()
+        (path / "keep").write_bytes(b"")
+    try:
+        yield
+    finally:
+        for path in paths:
+            (path / "keep").unlink()
+            path.rmdir()
+
+
+def link_temp(manager: SlotManager) -> Path:
+    return manager.root / ".current.tmp"  # where switch_symlink makes the new link
+
+
+def newest_copy_temp(manager: SlotManager) -> Path:
+    """The temp file of the copy holding the newest state now: the write after the next
+    one (an undo) goes there."""
+    seq = manager.state().seq
+    for path in copy_paths(manager):
+        if f'"seq":{seq},'.encode() in path.read_bytes():
+            return path.with_name(f".{path.name}.tmp")
+    raise AssertionError("no copy holds the newest state")
+
+
+def same_state(a: BootState, b: BootState) -> bool:
+    return dataclasses.replace(a, seq=0) == dataclasses.replace(b, seq=0)
+
+
+def test_a_failed_link_switch_leaves_the_box_on_the_good_slot(manager):
+    """mark_pending wrote the state, then the link switch failed: the state is put back,
+    so the failure its caller reports is what the next start does."""
+    install(manager, "1.1.0")
+    before = manager.state()
+    with planted(link_temp(manager)), pytest.raises(OSError):
+        manager.mark_pending("b", "1.1.0", tries=3)
+    state = manager.state()
+    assert same_state(state, before) and state.seq > before.seq  # written, then put back
+    status = manager.status()
+    assert (status.phase, status.current, status.link, status.pending) == (
+        "committed",
+        "a",
+        "a",
+        None,
+    )
+    assert status.slot("b").complete  # the install is kept, unused
+    # the next start runs the good slot, as the failure said; nothing switches to b
+    report = manager.on_start()
+    assert (report.action, report.current, report.version) == (StartAction.RUN, "a", "1.0.0")
+    assert os.readlink(manager.current_link) == "a"
+    # once the fault is gone, the switch can be made again
+    assert manager.mark_pending("b", "1.1.0").current == "b"
+    assert os.readlink(manager.current_link) == "b"
+
+
+def test_when_the_state_cannot_be_put_back_the_switch_stands(manager):
+    """Link switch and undo both failed: the error says so, the stored state says trial,
+    and the next start follows it (switches the link, uses a try)."""
+    install(manager, "1.1.0")
+    with planted(link_temp(manager), newest_copy_temp(manager)):
+        with pytest.raises(OSError) as error:
+            manager.mark_pending("b", "1.1.0", tries=3)
+        assert any("could not be put back" in note for note in error.value.__notes__)
+        status = manager.status()
+        assert (status.phase, status.current, status.link) == ("trial", "b", "a")
+    report = manager.on_start()
+    assert (report.action, report.current, report.tries_left) == (StartAction.TRIAL, "b", 2)
+    assert os.readlink(manager.current_link) == "b"
+
+
+class FailingMirror(MemoryBootEnvironment):
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    def store(self, variables: Mapping[str, str]) -> None:
+        if self.broken:
+            raise BootEnvError("bootenv_io", "cannot write the boot environment")
+        super().store(variables)
+
+
+def test_a_failed_mirror_write_undoes_the_switch(tmp_path):
+    mirror = FailingMirror()
+    manager = SlotManager(tmp_path / "slots", boot_env=mirror)
+    first_install(manager)
+    install(manager, "1.1.0")
+    before, variables = manager.state(), mirror.load()
+    mirror.broken = True
+    with pytest.raises(BootEnvError):
+        manager.mark_pending("b", "1.1.0")
+    assert same_state(manager.state(), before)
+    assert os.readlink(manager.current_link) == "a"  # switched, then switched back
+    assert mirror.load() == variables
+
+
+def test_a_failed_link_switch_undoes_a_manual_rollback(manager):
+    install(manager, "1.1.0")
+    manager.mark_pending("b", "1.1.0")
+    manager.on_start("b")
+    before = manager.state()
+    with planted(link_temp(manager)), pytest.raises(OSError):
+        manager.rollback("by hand")
+    assert same_state(manager.state(), before)
+    assert not manager.is_denied("1.1.0")
+    assert os.readlink(manager.current_link) == "b"
+    assert manager.rollback("by hand").version == "1.1.0"
+    assert os.readlink(manager.current_link) == "a"
+
+
+def test_a_failed_link_switch_at_start_still_uses_the_try(manager):
+    """on_start is not undone: the try counts before anything runs, and the link is
+    repaired from the state by the next start (docs/firmware.md, "Failure modes")."""
+    install(manager, "1.1.0")
+    manager.mark_pending("b", "1.1.0", tries=3)
+    os.unlink(manager.current_link)
+    os.symlink("a", manager.current_link)  # as if killed between state and link
+    with planted(link_temp(manager)), pytest.raises(OSError):
+        manager.on_start()
+    assert (manager.state().tries_left, os.readlink(manager.current_link)) == (2, "a")
+    report = manager.on_start()
+    assert (report.action, report.tries_left) == (StartAction.TRIAL, 1)
+    assert os.readlink(manager.current_link) == "b"
+
+
+# --- commit rechecks the slot on trial --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "break_marker",
+    [
+        pytest.param(lambda marker: marker.unlink(), id="gone"),
+        pytest.param(lambda marker: marker.write_bytes(b'{"slot": "b", "vers'), id="torn"),
+        pytest.param(
+            lambda marker: marker.write_bytes(b'{"slot": "b", "version": "1.2.0"}\n'),
+            id="other-version",
+        ),
+        pytest.param(
+            lambda marker: marker.write_bytes(b'{"slot": "a", "version": "1.1.0"}\n'),
+            id="other-slot",
+        ),
+    ],
+)
+def test_commit_refuses_a_slot_that_is_no_longer_complete(manager, break_marker):
+    install(manager, "1.1.0")
+    manager.mark_pending("b", "1.1.0")
+    manager.on_start("b")
+    break_marker(manager.root / "b.complete")
+    before = snapshot(manager.root)
+    with pytest.raises(Refused) as refused:
+        manager.commit()
+    assert refused.value.code == "slot_incomplete"
+    assert snapshot(manager.root) == before  # nothing written: still on trial
+    # what the caller does next (exit 1, systemd restarts it): the next start gives the
+    # slot up and boots the good, complete one
+    report = manager.on_start()
+    assert report.rolled_back is not None and report.rolled_back.cause == "slot_incomplete"
+    assert (report.current, report.version) == ("a", "1.0.0")
+    assert os.readlink(manager.current_link) == "a" and manager.status().slot("a").complete
+
+
+def test_a_manual_rollback_into_an_incomplete_good_slot_is_refused(manager):
+    install(manager, "1.1.0")
+    manager.mark_pending("b", "1.1.0")
+    (manager.root / "a.complete").unlink()
+    before = snapshot(manager.root)
+    with pytest.raises(Refused) as refused:
+        manager.rollback("by hand")
+    assert refused.value.code == "slot_incomplete"
+    assert snapshot(manager.root) == before

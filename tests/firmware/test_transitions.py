@@ -58,7 +58,7 @@ def test_a_full_cycle_through_the_pure_functions():
     assert (state.phase, state.current, state.good, state.tries_left) == (Phase.TRIAL, "b", "a", 2)
     decision = t.decide_start(state, running="b", installed=INSTALLED, at=5)
     assert (decision.action, decision.state.tries_left) == (StartAction.TRIAL, 1)
-    state = t.commit(decision.state)
+    state = t.commit(decision.state, INSTALLED)
     assert (state.phase, state.good, state.previous_good) == (Phase.COMMITTED, "b", "a")
 
 
@@ -90,7 +90,7 @@ def test_the_failed_list_keeps_the_newest():
 @pytest.mark.parametrize(
     ("state", "move", "code"),
     [
-        (BootState(), lambda s: t.commit(s), "not_initialized"),
+        (BootState(), lambda s: t.commit(s, {}), "not_initialized"),
         (
             BootState(),
             lambda s: t.rollback(s, cause="manual", detail="", at=0, installed={}),
@@ -101,7 +101,7 @@ def test_the_failed_list_keeps_the_newest():
             lambda s: t.decide_start(s, running=None, installed={}, at=0),
             "not_initialized",
         ),
-        (COMMITTED, lambda s: t.commit(s), "no_pending"),
+        (COMMITTED, lambda s: t.commit(s, INSTALLED), "no_pending"),
         (COMMITTED, lambda s: t.adopt(s, "b", "1.1.0", INSTALLED), "already_initialized"),
         (COMMITTED, lambda s: t.begin_install(s, "a"), "slot_in_use"),
         (TRIAL, lambda s: t.begin_install(s, "a"), "update_pending"),
@@ -109,6 +109,17 @@ def test_the_failed_list_keeps_the_newest():
         (
             COMMITTED,
             lambda s: t.mark_pending(s, "b", "1.1.0", 1, {"a": "1.0.0", "b": None}),
+            "slot_incomplete",
+        ),
+        # the slot on trial lost its completion marker (or it names another version)
+        (TRIAL, lambda s: t.commit(s, {"a": "1.0.0", "b": None}), "slot_incomplete"),
+        (TRIAL, lambda s: t.commit(s, {"a": "1.0.0", "b": "1.2.0"}), "slot_incomplete"),
+        # a manual rollback never makes a slot current that is not complete
+        (
+            TRIAL,
+            lambda s: t.rollback(
+                s, cause="manual", detail="", at=0, installed={"a": None, "b": "1.1.0"}
+            ),
             "slot_incomplete",
         ),
     ],
@@ -153,7 +164,7 @@ def test_every_move_lands_in_a_phase_the_table_allows(state, event, slot):
             state, slot, installed[slot] or "9.9.9", 3, installed
         ),
         t.Event.START: lambda: t.decide_start(state, running=None, installed=installed, at=1).state,
-        t.Event.COMMIT: lambda: t.commit(state),
+        t.Event.COMMIT: lambda: t.commit(state, installed),
         t.Event.ROLLBACK: lambda: t.rollback(
             state, cause="manual", detail="", at=1, installed=installed
         ),

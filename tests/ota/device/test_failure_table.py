@@ -36,6 +36,13 @@ intact.
                 io    its state write fails (EISDIR): exit 1   NEW     committed
                 hang  the lock stays held: busy 10 s, exit 1   NEW     committed
 
+Beyond the table (`MORE`), where the boot state, the link and the markers could disagree:
+
+    rebooting   io    the link switch fails (EISDIR)           OLD *   failed install_failed
+                io    ... and putting the state back fails     NEW     committed
+    trial       io    the marker is deleted before the start   OLD     rolled_back slot_incomplete
+    commit      io    the marker is deleted; commit refused    OLD     rolled_back slot_incomplete
+
 - OLD: the slot current before is still current, good and committed, with the same files,
   and the version floor has not moved. NEW: the new slot is current, good and committed,
   holds exactly the bundle's files, and the floor is NEW.
@@ -81,6 +88,7 @@ import httpx
 import pytest
 
 from appliance.ota.installer import PAUSE_FILE_ENV
+from firmware.record import decode_state
 from ota import HeaderReader
 from tests.conftest import ApplianceProcess
 from tests.ota.device.box import FIRMWARE, Box, tree_digest
@@ -466,6 +474,80 @@ def rebooting_io(r: Runner) -> None:
     assert (slot["complete"], slot["version"], slot["roles"]) == (True, r.new, [])
 
 
+def newest_state_temp(root: Path) -> Path:
+    """The temp file of the boot state copy that holds the newest state now: a state write
+    goes into the other copy, and the write after it (an undo) into this one."""
+    copies = [root / "state" / name for name in ("boot.0", "boot.1")]
+    newest = max(copies, key=lambda path: decode_state(path.read_bytes()).seq)
+    return newest.with_name(f".{newest.name}.tmp")
+
+
+def rebooting_link_io(r: Runner) -> None:
+    """The switch's state write succeeds, the link switch fails: the firmware puts the
+    state back, so the job's failure is what the box does (it stays on OLD)."""
+    r.pause_at("installed")
+    r.accepted()
+    r.stopped()
+    with planted(r.root / ".current.tmp"):
+        r.cont()
+        r.wait_settled()
+    job = r.ota_status()["last_job"]
+    (slot,) = [entry for entry in r.box.status()["slots"] if entry["name"] == job["slot"]]
+    assert (slot["complete"], slot["roles"]) == (False, [])  # emptied again
+    # the next start (the boot step) runs OLD, as the job says, and changes nothing
+    before = r.box.status()
+    assert r.boot_ok().startswith(f"slot {before['current']} "), before
+    assert r.box.status() == before
+
+
+def rebooting_link_undo_io(r: Runner) -> None:
+    """The link switch fails and so does putting the state back: the state says NEW on
+    trial, so the job follows it (`rebooting`, exit 75) and the next start runs NEW."""
+    r.pause_at("installed")
+    r.accepted()
+    r.stopped()
+    with planted(r.root / ".current.tmp", newest_state_temp(r.root)):
+        r.cont()
+        assert r.wait_exit() == 75, r.log()
+        assert "could not be undone" in r.log()
+        status = r.box.status()
+        assert (status["phase"], status["link"]) == ("trial", status["good"]), status
+    r.restart()
+    r.wait_committed()
+
+
+def trial_marker_gone(r: Runner) -> None:
+    """The slot on trial loses its completion marker after the boot step counted the try:
+    the version finds it so at its start, exits 1, and the next boot step gives it up."""
+    r.switched()
+    assert "on trial" in r.boot_ok()
+    (r.root / f"{r.box.status()['current']}.complete").unlink()
+    r.start(ready=False)
+    assert r.wait_exit() == 1, r.log()
+    assert "is no longer complete" in r.log()
+    assert "gave up (slot_incomplete)" in r.boot_ok()
+    r.start()
+
+
+def commit_marker_gone(r: Runner) -> None:
+    """The slot on trial loses its completion marker: the commit is refused, the version
+    exits 1 and the boot step gives it up."""
+    r.switched()
+    assert "on trial" in r.boot_ok()
+    r.start(ON_TRIAL_UNTIL_KILLED)
+    assert r.ota_status()["running"]["trial"] is True
+    (r.root / f"{r.box.status()['current']}.complete").unlink()
+    with r.http() as http:
+        response = http.post("/api/v1/ota/commit")
+    assert (response.status_code, response.json()["code"]) == (409, "slot_incomplete"), (
+        response.text
+    )
+    assert r.wait_exit() == 1, r.log()
+    assert r.box.status()["phase"] == "trial"
+    assert "gave up (slot_incomplete)" in r.boot_ok()
+    r.start()
+
+
 @contextlib.contextmanager
 def request_in_flight(r: Runner) -> Iterator[socket.socket]:
     """A client whose request never ends: a config write's head and the first byte of its
@@ -605,10 +687,11 @@ class Row:
     ends_on: str  # "old": the slot current before; "new": the new slot, committed
     job: tuple[str, str | None, str]  # the job's final state, code, and words of its detail
     untouched: bool = False  # the slots and the boot state exactly as before
+    variant: str = ""  # for a row beyond the table: which other failure of that kind
 
     @property
     def id(self) -> str:
-        return f"{self.state}-{self.failure}"
+        return f"{self.state}-{self.failure}" + (f"-{self.variant}" if self.variant else "")
 
 
 def stopped_while(state: str) -> tuple[str, str, str]:
@@ -665,6 +748,35 @@ TABLE = [
     Row("commit", "io", commit_io, "new", COMMITTED),
     Row("commit", "hang", commit_hang, "new", COMMITTED),
 ]
+# Beyond the table: the other I/O errors of the switch, the trial and the commit, where the boot
+# state, the `current` link and the completion markers could disagree.
+MORE = [
+    Row(
+        "rebooting",
+        "io",
+        rebooting_link_io,
+        "old",
+        ("failed", "install_failed", ".current.tmp"),
+        variant="link",
+    ),
+    Row("rebooting", "io", rebooting_link_undo_io, "new", COMMITTED, variant="link-undo"),
+    Row(
+        "trial",
+        "io",
+        trial_marker_gone,
+        "old",
+        ("rolled_back", "slot_incomplete", "is not completely installed"),
+        variant="marker",
+    ),
+    Row(
+        "commit",
+        "io",
+        commit_marker_gone,
+        "old",
+        ("rolled_back", "slot_incomplete", "is not completely installed"),
+        variant="marker",
+    ),
+]
 
 
 def test_the_table_covers_every_state_with_every_failure():
@@ -682,7 +794,7 @@ def runner(tmp_path_factory, trees) -> Iterator[Runner]:
     runner.close()
 
 
-@pytest.mark.parametrize("row", TABLE, ids=[row.id for row in TABLE])
+@pytest.mark.parametrize("row", TABLE + MORE, ids=[row.id for row in TABLE + MORE])
 def test_failure(runner: Runner, row: Row) -> None:
     runner.ensure()
     r = runner
