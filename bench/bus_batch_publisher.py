@@ -6,9 +6,10 @@
 
 It speaks the real protocol through `appliance.bus.connection.Connection`, the sans-IO
 state machine `appliance.bus.client` drives too, frame for frame what `BusClient.publish`
-would send; what it leaves out is the client's per-message cost around it (a lock, a
-cancel scope and one `send_all` per message). So the publish -> subscriber figures
-measure the endpoint and the subscriber, not the publishing client. The same number of
+would send; what it leaves out is the client's per-message cost around it (a task
+switch and one write per message, unless other tasks publish at the same time). So the
+publish -> subscriber figures measure the endpoint and the subscriber, not the
+publishing client. The same number of
 stamped messages is sent either way; each is stamped just before its batch is encoded,
 so its latency includes the wait for the rest of its batch.
 """

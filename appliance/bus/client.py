@@ -85,7 +85,9 @@ log = logging.getLogger("appliance.bus.client")
 
 DEFAULT_TIMEOUT = 10.0  # connecting, each write, a request without its own timeout
 SUBSCRIPTION_BUFFER = 256  # delivered messages held for one subscription's iterator
+YIELD_EVERY = 64  # buffered messages an iterator returns before letting other tasks run
 PING_INTERVAL = 15.0  # seconds between keep-alive pings
+BROKEN_WAIT = 1.0  # a write that broke waits this long for the reader to learn why
 
 Redial = Callable[[], Awaitable[trio.abc.Stream]]
 
@@ -160,17 +162,34 @@ class Subscription:
         self._send, self._receive = trio.open_memory_channel[BusMessage](SUBSCRIPTION_BUFFER)
         self._error: BusClientError | None = None  # why it ended, if not by aclose()
         self._missed = False  # the connection dropped since its last message
+        self._unyielded = 0  # messages returned since the iterator last let others run
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> BusMessage:
+        # A message already buffered is taken without a task switch, up to YIELD_EVERY
+        # in a row (cancellation is still seen at once): one switch per message would
+        # make the reader and the iterator take turns message by message.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._unyielded < YIELD_EVERY:
+            try:
+                message = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                raise self._ended() from None
+            else:
+                self._unyielded += 1
+                return message
+        self._unyielded = 0
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise StopAsyncIteration from None
+            raise self._ended() from None
+
+    def _ended(self) -> BaseException:
+        return self._error if self._error is not None else StopAsyncIteration()
 
     async def aclose(self) -> None:
         await self._client._unsubscribe(self)
@@ -214,6 +233,28 @@ class _Link:
         self.ended = trio.Event()
         self.up = False  # subscriptions restored: the client sends on it
         self.closed: ConnectionClosed | None = None  # why it ended (or is ending)
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # Bytes taken from `conn` and not yet written, in order (`BusClient._write_soon`);
+        # `taken` and `sent` count the bytes that ever went in and out of it.
+        self.out: list[bytes] = []
+        self.taken = 0
+        self.sent = 0
+
+    def add_out(self, data: bytes) -> int:
+        """Queue `data` to be written next; returns the count `sent` reaches with it."""
+        self.out.append(data)
+        self.taken += len(data)
+        return self.taken
+
+    def take_out(self) -> bytes:
+        out = b"".join(self.out) if len(self.out) != 1 else self.out[0]
+        self.out.clear()
+        return out
+
+    def fd(self) -> int:
+        """The socket's descriptor for writes that do not wait; -1 for other streams and
+        once the socket is closed."""
+        return -1 if self._socket is None else self._socket.fileno()
 
 
 class BusClient:
@@ -380,7 +421,7 @@ class BusClient:
                 await waiter.done.wait()
         finally:
             self._waiters.pop(request_id, None)
-            if waiter.link is not None:
+            if waiter.link is not None and waiter.reply is None:
                 waiter.link.conn.tick()  # forget the request if it expired unanswered
         reply = waiter.reply
         if reply is None:
@@ -520,7 +561,18 @@ class BusClient:
         while True:
             if self.closed is not None:
                 raise self.closed
-            if self.connected:
+            if self.connected and not self._send_lock.locked() and self._link.fd() >= 0:
+                await trio.lowlevel.checkpoint_if_cancelled()  # raises, never waits
+                link = self._link
+                if waiter is not None:
+                    waiter.sent_on(link)
+                try:
+                    await self._write_soon(link, link.conn.send(body))
+                    return
+                except ConnectionClosed:
+                    if not self._reconnecting():
+                        raise
+            elif self.connected:
                 async with self._send_lock:
                     link = self._link
                     if self.closed is not None:
@@ -548,6 +600,10 @@ class BusClient:
 
     async def _send_on(self, link: _Link, body: m.Body) -> None:
         """Send on `link` only: a reply goes back on the connection its request came on."""
+        if not self._send_lock.locked() and self._usable(link) and link.fd() >= 0:
+            await trio.lowlevel.checkpoint_if_cancelled()  # raises, never waits
+            await self._write_soon(link, link.conn.send(body))
+            return
         async with self._send_lock:
             if not self._usable(link):
                 raise link.closed or self._gone()
@@ -588,16 +644,68 @@ class BusClient:
         async with self._send_lock:
             await self._write_locked(link, data)
 
-    async def _write_locked(self, link: _Link, data: bytes) -> None:
-        if not data:
+    async def _write_soon(self, link: _Link, data: bytes) -> None:
+        """Write `data`, just taken from `link.conn` while the send lock was free (and
+        nothing waited since), together with what other tasks take meanwhile: it joins
+        the link's outgoing bytes (`_Link.out`), the task lets the others run once, and
+        the first to come back writes everything pending in one write, without a lock,
+        a cancel scope or a task switch when the socket takes it at once; the rest is
+        written holding the lock (`_write_locked`). Returns once `data` is written. One
+        checkpoint, never cancelled once `data` is taken, as a trio socket write has."""
+        mine = link.add_out(data)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        while link.sent < mine:
+            if link.ended.is_set():
+                raise link.closed or self._gone()
+            if self._send_lock.locked():  # a write that had to wait: take turns
+                with trio.CancelScope(shield=True):  # bounded: each write has a timeout
+                    async with self._send_lock:
+                        await self._write_locked(link)
+                continue
+            pending = link.take_out()
+            if not pending:  # taken by a write that failed: it ended the link
+                raise link.closed or self._gone()
+            try:
+                written = os.write(link.fd(), pending)
+            except BlockingIOError:
+                written = 0
+            except OSError:  # broken, or closed meanwhile
+                # The endpoint hung up: its reader is about to learn why (its close
+                # frame, e.g. `forbidden`, or the end of the stream): the caller hears it.
+                with trio.move_on_after(BROKEN_WAIT):
+                    await link.ended.wait()
+                raise self._end_link(link, self._gone()) from None
+            link.sent += written
+            if written < len(pending):
+                link.out.append(pending[written:])  # first: nothing was added since
+                self._send_lock.acquire_nowait()  # free: checked, and nothing waited since
+                try:
+                    await self._write_locked(link)
+                finally:
+                    self._send_lock.release()
+
+    async def _write_locked(self, link: _Link, data: bytes = b"") -> None:
+        """Holding the send lock: write what other tasks left pending on `link` (taken
+        before `data`, so it goes first), then `data`."""
+        if data:
+            link.add_out(data)
+        if not link.out:
             return
         if link.ended.is_set():
             raise link.closed or self._gone()
+        pending = link.take_out()
         try:
             with trio.fail_after(DEFAULT_TIMEOUT):
-                await link.stream.send_all(data)
+                await link.stream.send_all(pending)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._end_link(link, self._gone()) from None
+        except BaseException:
+            # Timed out or cancelled mid-write: part of a frame may be on the wire, and the
+            # bytes taken are lost to the tasks waiting for `sent` to pass theirs. The
+            # connection cannot be used any more; ending it tells them (and reconnects).
+            self._end_link(link, ConnectionClosed(1, "going_away", "a write did not finish"))
+            raise
+        link.sent += len(pending)
 
     # --- the connections -----------------------------------------------------------------
 

@@ -314,6 +314,7 @@ class Connection:
         if not data:
             self._eof(events)
             return events
+        heard = False
         for item in self._decoder.feed(data):
             if self._state is State.CLOSED:
                 break
@@ -334,8 +335,10 @@ class Connection:
             except MessageError as exc:
                 self._violation("bad_message", str(exc), events)
                 continue
-            self.last_received_us = self._clock()
+            heard = True
             self._handle(message, events)
+        if heard:  # the frames of one chunk arrived together: one clock reading
+            self.last_received_us = self._clock()
         return events
 
     def tick(self, now_us: int | None = None) -> list[Event]:

@@ -47,6 +47,7 @@ import trio
 
 from appliance.bus import events as ev
 from appliance.bus import messages as m
+from appliance.bus.batch import WriteBatch
 from appliance.bus.client import open_transport
 from appliance.bus.codec import DEFAULT_MAX_BAD_CRC, DEFAULT_MAX_FRAME
 from appliance.bus.connection import Connection
@@ -120,6 +121,7 @@ class BusEndpoint:
             ),
         )
         self.peers: dict[int, Peer] = {}
+        self.batch = WriteBatch()  # a reader's chunk: written at its end (batch.py)
         self.interest = LinkInterest(self.router, self.peers)
         self.relays = StreamRelays(
             self.peers,
@@ -269,7 +271,7 @@ class BusEndpoint:
                     max_bad_crc=self._max_bad_crc,
                     manual_release=True,
                 )
-                peer = Peer(conn, stream, self.limits)
+                peer = Peer(conn, stream, self.limits, self.batch)
                 peer.link_url = url
                 async with stream, trio.open_nursery() as nursery:
                     hello = conn.hello(self._link_tokens[url], node=self.node, link=True)
@@ -305,7 +307,7 @@ class BusEndpoint:
             max_bad_crc=self._max_bad_crc,
             manual_release=True,  # stream relays acknowledge what they took (relay.py)
         )
-        await self._run(Peer(conn, stream, self.limits))
+        await self._run(Peer(conn, stream, self.limits, self.batch))
 
     async def _run(self, peer: Peer) -> None:
         """Serve one connection (accepted, internal or a dialed link) until it ends."""
@@ -510,7 +512,7 @@ class BusEndpoint:
         body = delivery.message.body
         assert isinstance(body, m.Deliver)
         outcome = queue.offer(body.topic, delivery.message, len(body.data))
-        peer.wake.set()
+        peer.poke()
         if outcome is not Offer.FULL:
             if outcome is not Offer.DROPPED:
                 self.stats.delivered(delivery.connection, len(body.data))
@@ -525,6 +527,8 @@ class BusEndpoint:
         if outcome is not Offer.FULL:
             return outcome is Offer.ACCEPTED or outcome is Offer.REPLACED
         peer = self.peers[delivery.connection]
+        if self.batch.collecting():
+            self.batch.end()  # about to wait: what the chunk made due goes out first
         with trio.move_on_after(self.limits.stuck_timeout):
             while peer.alive and delivery.sid in peer.queues:
                 await peer.room.wait()

@@ -5,11 +5,14 @@
     ├── writer   the only task that takes bytes out of the Connection and writes them
     └── timer    hello deadline, the closing handshake's deadline, Connection.tick
 
-**One writer.** `Connection.send` and `close` hand back everything queued so far, so the
-bytes must be written in the order they were taken. Instead of a lock around "take and
-write", a single writer task per connection takes and writes; everybody else queues work
-for it (`queue_control` for requests and replies, a `SubscriberQueue` per subscription
-for deliveries) and wakes it.
+**One writer at a time.** `Connection.send` and `close` hand back everything queued so
+far, so the bytes must be written in the order they were taken. Everybody queues work
+(`queue_control` for requests and replies, a `SubscriberQueue` per subscription for
+deliveries) and pokes the connection (`poke`); every byte is taken by `_take_output`.
+The writer task takes and writes; while it is idle, a reader at the end of a received
+chunk (`appliance.bus.batch`) takes and writes too (`flush`), without waiting: what the
+socket does not accept at once is handed to the writer (`_leftover`), which writes it
+before taking anything else, and nobody else writes until it has (`_writing`).
 
 A consumer is cut off (`slow_consumer`, no close frame: a write may have stopped
 mid-frame, and it is not reading anyway) when a write to it does not complete within
@@ -19,6 +22,7 @@ mid-frame, and it is not reading anyway) when a write to it does not complete wi
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -27,6 +31,7 @@ import trio
 
 from appliance.bus import events as ev
 from appliance.bus import messages as m
+from appliance.bus.batch import WriteBatch
 from appliance.bus.connection import Connection, State
 from appliance.bus.flow import SubscriberQueue
 from appliance.bus.reasons import LocalProtocolError
@@ -79,7 +84,13 @@ class Signal:
 class Peer:
     """One connection's state beyond the protocol: its queues and its task tree's scope."""
 
-    def __init__(self, conn: Connection, stream: trio.abc.Stream, limits: Limits) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        stream: trio.abc.Stream,
+        limits: Limits,
+        batch: WriteBatch | None = None,
+    ) -> None:
         self.conn = conn
         self.id = conn.connection_id  # ours: a dialed link's Connection takes the peer's
         self.stream = stream
@@ -96,6 +107,11 @@ class Peer:
         self.closed: ev.Closed | None = None
         self.cut: str | None = None  # cut off without a close frame: why
         self.link_url: str | None = None  # a link this endpoint dialed: to where
+        self.batch = batch
+        # A socket written without waiting by `flush` (other streams: the writer only).
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._writing = False  # the writer is in a write
+        self._leftover: bytes | memoryview = b""  # taken by `flush`, not yet written
 
     @property
     def alive(self) -> bool:
@@ -108,7 +124,48 @@ class Peer:
             self.cut_off("slow_consumer", f"{len(self.control)} requests and replies unread")
             return
         self.control.append(message)
-        self.wake.set()
+        self.poke()
+
+    def poke(self) -> None:
+        """There is something to send: flushed at the end of the current batch, or by
+        the writer, woken now."""
+        batch = self.batch
+        if batch is not None and batch.collecting():
+            batch.add(self)
+        else:
+            self.wake.set()
+
+    def flush(self) -> None:
+        """Write what is due now from the calling task, without waiting, if the writer is
+        idle; what the socket does not take at once (or anything while the writer is
+        busy or the connection is not plainly established) is the writer's."""
+        sock = self._socket
+        if (
+            sock is None
+            or self._writing
+            or self._leftover
+            or self.close_request is not None
+            or self.conn.state is not State.ESTABLISHED
+            or not self.alive
+        ):
+            self.wake.set()
+            return
+        fd = sock.fileno()
+        if fd < 0:
+            self.wake.set()
+            return
+        out = self._take_output()
+        if not out:
+            return
+        try:
+            written = os.write(fd, out)
+        except OSError:  # full (BlockingIOError), or broken: the writer's write tells
+            written = 0
+        if written < len(out):
+            self._leftover = memoryview(out)[written:]
+            self.wake.set()
+        else:
+            self.room.set()
 
     def request_close(self, reason: str, text: str) -> None:
         if self.alive and self.close_request is None:
@@ -137,20 +194,36 @@ class Peer:
                 data = await self.stream.receive_some(self.limits.receive_chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            for event in self.conn.receive_data(data):
-                await on_event(self, event)
-            self.wake.set()
+            events = self.conn.receive_data(data)
+            batch = self.batch
+            if batch is None:
+                for event in events:
+                    await on_event(self, event)
+                self.wake.set()
+                continue
+            batch.begin()
+            try:
+                for event in events:
+                    await on_event(self, event)
+            finally:
+                batch.add(self)  # what the protocol answered by itself (pongs, acks)
+                batch.end()
 
     async def _write(self, tree: trio.CancelScope) -> None:
         while True:
             out = self._take_output()
+            if self._leftover:
+                out, self._leftover = b"".join((self._leftover, out)), b""
             if out:
+                self._writing = True
                 with trio.move_on_after(self.limits.stuck_timeout) as timer:
                     try:
                         await self.stream.send_all(out)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         tree.cancel()  # it hung up; the reader may not have noticed yet
                         return
+                    finally:
+                        self._writing = False
                 if timer.cancelled_caught:
                     self.cut_off("slow_consumer", f"a write took over {timer.deadline} s")
                     return

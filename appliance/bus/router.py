@@ -32,7 +32,7 @@ endpoints linked both ways cannot bounce a message forever.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from appliance.bus import messages as m
 from appliance.bus.flow import SlowConsumer
@@ -291,7 +291,7 @@ class Router:
                     sub.connection,  # type: ignore[arg-type]
                     sub.sid,  # type: ignore[arg-type]
                     self._policies.get(sub.key, SlowConsumer.DROP),  # type: ignore[arg-type]
-                    m.Message(deliver, out_head),
+                    m.Message.trusted(deliver, out_head),
                 )
             )
         return PublishResult(tuple(deliveries), put, limited)
@@ -312,7 +312,7 @@ class Router:
         target, sid = self._responder(source, request.topic, head.destination)
         if target is None:
             return self._no_responders(source, request.id, "nobody serves " + request.topic)
-        out_head = m.Head(source=head.source, hops=head.hops)
+        out_head = m.Head.trusted(source=head.source, hops=head.hops)  # from a checked head
         if self._conns[target].link:
             relayed = self.relay_head(head, source)
             if relayed is None:
@@ -325,15 +325,15 @@ class Router:
         conn.next_request_id = (rid + 1) % m.U63
         deadline = now_us + request.timeout_us
         self._in_flight[(target, rid)] = _InFlight(source, request.id, target, deadline)
-        forwarded = replace(request, id=rid, sid=sid)
-        return Send(target, m.Message(forwarded, out_head))
+        forwarded = request.trusted_replace(id=rid, sid=sid)  # ids the router chose
+        return Send(target, m.Message.trusted(forwarded, out_head))
 
     def reply(self, responder: ConnectionId, reply: m.Reply) -> Send | None:
         """The caller's copy of a responder's reply, or None if nobody waits for it."""
         flight = self._in_flight.pop((responder, reply.id), None)
         if flight is None or flight.caller not in self._conns:
             return None
-        return Send(flight.caller, m.Message(replace(reply, id=flight.caller_id)))
+        return Send(flight.caller, m.Message.trusted(reply.trusted_replace(id=flight.caller_id)))
 
     def expire(self, now_us: int) -> list[Send]:
         """Requests whose deadline passed: the callers get a `timeout` reply."""
