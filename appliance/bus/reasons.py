@@ -40,7 +40,12 @@ REASONS: tuple[Reason, ...] = (
     # 0-9: ordinary ends
     Reason(0, "normal", "Closed on purpose; nothing went wrong."),
     Reason(1, "going_away", "The endpoint is shutting down or restarting; reconnect later."),
-    Reason(2, "replaced", "A newer connection registered the same node name."),
+    Reason(
+        2,
+        "replaced",
+        "Reserved: this endpoint keeps the first holder of a node name and refuses the "
+        "newer connection with name_taken.",
+    ),
     # 10-19: framing (the codec)
     Reason(10, "bad_varint", "A header varint is not minimal, or is longer than 10 bytes."),
     Reason(11, "bad_version", "The frame's version is not one the receiver accepts."),
@@ -68,7 +73,12 @@ REASONS: tuple[Reason, ...] = (
     Reason(46, "stream_expired", "A stream's receiver did not come back within the keep time."),
     Reason(47, "sender_gone", "A stream's sender went away before the stream's end."),
     # 50-59: relaying between endpoints
-    Reason(50, "hop_limit", "A relayed message exceeded the hop limit (a link loop)."),
+    Reason(
+        50,
+        "hop_limit",
+        "Reserved: a message over the hop limit is not relayed (a publish is dropped and "
+        "counted, a request answered no_responders).",
+    ),
     Reason(51, "link_refused", "A link to another endpoint was refused (loop, same endpoint)."),
     # 60-69: liveness
     Reason(60, "ping_timeout", "No frame arrived within the liveness interval."),
