@@ -68,6 +68,12 @@ async def settle(client: BusClient) -> None:
         await client.request("svc.settle-nobody", timeout=5)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A job started in the background (CI's runner may be one) inherits SIGINT ignored,
+    # and Python then leaves it ignored: Ctrl-C would never reach the command.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_sub(process: ApplianceProcess, *args: str) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     environment["APPLIANCE_TOKEN"] = process.token
@@ -77,6 +83,7 @@ def start_sub(process: ApplianceProcess, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
 
 
