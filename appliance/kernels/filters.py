@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
+from appliance.kernels.lanes import eight_blocks, eight_rows
 from appliance.kernels.params import ParamError, choice, number, number_array, schema
 from appliance.kernels.registry import register
 from appliance.kernels.spec import InputRules, Kernel, Outputs
@@ -102,23 +103,8 @@ def _biquad_zero_state(x, start, b0, b1, b2, a1, a2, zero, ends):
     of lanes would put a store and a load into every chain); their end states go to
     ends[lane] = (z1, z2)."""
     n = _BLOCK
-    r = _ROW
-    x0 = x[start : start + n]  # views: plain indices, no wraparound checks
-    x1 = x[start + n : start + 2 * n]
-    x2 = x[start + 2 * n : start + 3 * n]
-    x3 = x[start + 3 * n : start + 4 * n]
-    x4 = x[start + 4 * n : start + 5 * n]
-    x5 = x[start + 5 * n : start + 6 * n]
-    x6 = x[start + 6 * n : start + 7 * n]
-    x7 = x[start + 7 * n : start + 8 * n]
-    y0 = zero[0:n]
-    y1 = zero[r : r + n]
-    y2 = zero[2 * r : 2 * r + n]
-    y3 = zero[3 * r : 3 * r + n]
-    y4 = zero[4 * r : 4 * r + n]
-    y5 = zero[5 * r : 5 * r + n]
-    y6 = zero[6 * r : 6 * r + n]
-    y7 = zero[7 * r : 7 * r + n]
+    x0, x1, x2, x3, x4, x5, x6, x7 = eight_blocks(x, start, n)
+    y0, y1, y2, y3, y4, y5, y6, y7 = eight_rows(zero, n, _ROW)
     p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0  # z1 of each lane
     q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0  # z2 of each lane
     for j in range(n):

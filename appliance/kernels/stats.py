@@ -8,6 +8,7 @@ import math
 import numpy as np
 from numba import njit
 
+from appliance.kernels.lanes import eight_blocks, eight_rows
 from appliance.kernels.moving import moving_mean, moving_std
 from appliance.kernels.params import ParamError, boolean, integer, number, schema
 from appliance.kernels.registry import register
@@ -65,23 +66,8 @@ def _ewma_zero_state(x, start, alpha, zero):
     eight ended finite."""
     decay = 1.0 - alpha
     n = _EWMA_BLOCK
-    r = _EWMA_ROW
-    x0 = x[start : start + n]  # views: plain indices, no wraparound checks
-    x1 = x[start + n : start + 2 * n]
-    x2 = x[start + 2 * n : start + 3 * n]
-    x3 = x[start + 3 * n : start + 4 * n]
-    x4 = x[start + 4 * n : start + 5 * n]
-    x5 = x[start + 5 * n : start + 6 * n]
-    x6 = x[start + 6 * n : start + 7 * n]
-    x7 = x[start + 7 * n : start + 8 * n]
-    z0 = zero[0:n]
-    z1 = zero[r : r + n]
-    z2 = zero[2 * r : 2 * r + n]
-    z3 = zero[3 * r : 3 * r + n]
-    z4 = zero[4 * r : 4 * r + n]
-    z5 = zero[5 * r : 5 * r + n]
-    z6 = zero[6 * r : 6 * r + n]
-    z7 = zero[7 * r : 7 * r + n]
+    x0, x1, x2, x3, x4, x5, x6, x7 = eight_blocks(x, start, n)
+    z0, z1, z2, z3, z4, z5, z6, z7 = eight_rows(zero, n, _EWMA_ROW)
     l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = 0.0
     for j in range(n):
         l0 = decay * l0 + alpha * np.float64(x0[j])

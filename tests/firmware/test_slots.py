@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from firmware import (
 )
 from firmware.durable import state_lock
 from tests.firmware.trees import first_install, install, verify_tree, write_tree
+from tests.ota.device.faults import planted
 
 
 class Clock:
@@ -425,25 +425,10 @@ def test_no_root_and_empty_root(tmp_path):
 
 # --- a failure between the state write and the link switch (or the mirror) ------------------
 #
-# Injected as in tests/ota/device/faults.py: a directory planted where a durable write or a
-# link switch creates its temp file, so the real code meets a real EISDIR. The state write
+# Injected with `planted` (tests/ota/device/faults.py): a directory where a durable write or
+# a link switch creates its temp file, so the real code meets a real EISDIR. The state write
 # of the operation goes into the copy that is not the newest; its undo (putting the previous
 # state back) goes into the other one, the newest before the operation.
-
-
-@contextlib.contextmanager
-def planted(*paths: Path) -> Iterator[None]:
-    """A non-empty directory at each of `paths`: creating, unlinking or renaming over it
-    fails with EISDIR (or ENOTEMPTY). Removed on leaving."""
-    for path in paths:
-        path.mkdir()
-        (path / "keep").write_bytes(b"")
-    try:
-        yield
-    finally:
-        for path in paths:
-            (path / "keep").unlink()
-            path.rmdir()
 
 
 def link_temp(manager: SlotManager) -> Path:
