@@ -158,7 +158,7 @@ class StreamReader:
             if self._books.abandoned:  # the client reconnects: the stream comes again
                 raise self._books.gone  # type: ignore[misc]
             receiver = conn.stream_receiving(self.stream_id)
-            if receiver is None:  # fully read and released: the end
+            if receiver is None or receiver.finished:  # fully read and released: the end
                 self._ended = True
                 if self.reset is not None:
                     raise self.reset
@@ -168,8 +168,6 @@ class StreamReader:
                 data = conn.stream_read(self.stream_id, max_bytes)
                 self._position = offset + len(data)
                 return Chunk(offset, data)
-            if receiver.finished:
-                continue
             if self.reset is not None:
                 self._ended = True
                 raise self.reset

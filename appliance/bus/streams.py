@@ -178,7 +178,12 @@ class Streams:
                 self._first_heads[packet.stream_id],
                 receiver.start_offset,
             )
-        return event, self._ack(receiver)  # due at once after a duplicate or a gap
+        ack = self._ack(receiver)  # due at once after a duplicate or a gap
+        if receiver.finished:
+            # The end came after every byte was read (and released): nothing is left to
+            # read, so the stream is forgotten now, as `read` and `release` forget it.
+            self._forget(packet.stream_id)
+        return event, ack
 
     def on_reset(self, reset: m.ResetStream) -> StreamReset | None:
         """The peer abandoned a stream it sends; what is readable stays readable."""

@@ -436,6 +436,28 @@ def test_stream_with_a_window_smaller_than_the_data() -> None:
     assert rounds > 10  # the window made it wait
 
 
+def test_an_end_that_comes_after_everything_was_read_and_released_ends_the_stream() -> None:
+    """Manual release: the receiver reads and releases every byte, then the sender's end
+    arrives alone (an empty final packet). Nothing is left to read: the stream is
+    forgotten at once (a reader asking for more finds its end) and the sender completes."""
+    pair = Pair(client_options={"manual_release": True}).connect()
+    pair.server.open_stream(1)
+    assert pair.server.stream_write(1, b"abc") == 3
+    pair.pump()
+    [data] = pair.take("client")
+    assert isinstance(data, StreamData) and not data.fin
+    assert pair.client.stream_read(1) == b"abc"
+    pair.client.stream_release(1, 3)
+    pair.pump()
+    assert pair.client.stream_receiving(1) is not None  # the end is not known yet
+    pair.server.stream_write(1, b"", fin=True)
+    pair.pump()
+    [end] = pair.take("client")
+    assert isinstance(end, StreamData) and end.fin and end.readable == 0
+    assert pair.client.stream_receiving(1) is None
+    assert any(isinstance(e, StreamAcked) and e.done for e in pair.take("server"))
+
+
 def test_ack_beyond_what_was_sent_closes_bad_ack() -> None:
     pair = Pair().connect()
     pair.server.open_stream(1)
